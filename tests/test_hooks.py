@@ -1,0 +1,245 @@
+"""The pre-generation hook: every rule rejects its bad answer, and answers stay data."""
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import CHOICES, DEFAULTS, bake
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.exceptions import FailedHookException
+from cookiecutter.main import cookiecutter
+
+HOOKS = Path(__file__).resolve().parents[1] / "hooks"
+
+# (answers over the defaults, field named in the message, words of the rule)
+REJECTED = {
+    "package_name_that_is_not_an_identifier": (
+        {"package_name": "2fast"},
+        "package_name",
+        "must be a Python identifier",
+    ),
+    "package_name_with_a_dash": ({"package_name": "my-model"}, "package_name", "identifier"),
+    "package_name_with_capitals": ({"package_name": "MyModel"}, "package_name", "lower-case"),
+    "package_name_that_is_not_ascii": ({"package_name": "mambá"}, "package_name", "ASCII"),
+    "package_name_that_is_a_keyword": (
+        {"package_name": "lambda"},
+        "package_name",
+        "must not be a Python keyword",
+    ),
+    "package_name_that_shadows_stdlib": (
+        {"package_name": "json"},
+        "package_name",
+        "must not shadow a standard-library module",
+    ),
+    "package_name_that_shadows_stdlib_tokenize": (
+        {"package_name": "tokenize"},
+        "package_name",
+        "standard-library",
+    ),
+    "package_name_that_shadows_torch": (
+        {"package_name": "torch"},
+        "package_name",
+        "must not shadow a dependency",
+    ),
+    "package_name_that_shadows_mamba_ssm": (
+        {"package_name": "mamba_ssm"},
+        "package_name",
+        "must not shadow a dependency",
+    ),
+    "package_name_that_shadows_lightning": (
+        {"package_name": "lightning"},
+        "package_name",
+        "must not shadow a dependency",
+    ),
+    "package_name_that_shadows_modal": (
+        {"package_name": "modal"},
+        "package_name",
+        "must not shadow a dependency",
+    ),
+    "package_name_that_shadows_causal_conv1d": (
+        {"package_name": "causal_conv1d"},
+        "package_name",
+        "dependency",
+    ),
+    "package_name_that_shadows_triton": ({"package_name": "triton"}, "package_name", "dependency"),
+    "package_name_that_shadows_einops": ({"package_name": "einops"}, "package_name", "dependency"),
+    "package_name_that_shadows_numpy": ({"package_name": "numpy"}, "package_name", "dependency"),
+    "slug_with_a_space": ({"project_slug": "mamba project"}, "project_slug", "folder name"),
+    "slug_with_capitals": ({"project_slug": "Mamba-Project"}, "project_slug", "lower-case"),
+    "slug_that_starts_with_a_dash": ({"project_slug": "-mamba"}, "project_slug", "starting"),
+    "slug_that_ends_with_a_dot": ({"project_slug": "mamba."}, "project_slug", "ending"),
+    "slug_with_a_quote": ({"project_slug": 'mamba"x'}, "project_slug", "distribution name"),
+    "slug_that_is_a_dependency_distribution": (
+        {"project_slug": "mamba-ssm", "package_name": "my_mamba"},
+        "project_slug",
+        "distribution name of a dependency",
+    ),
+    "slug_that_normalizes_to_a_dependency": (
+        {"project_slug": "causal_conv1d", "package_name": "my_conv"},
+        "project_slug",
+        "dependency",
+    ),
+    "email_without_at": ({"author_email": "you.example.com"}, "author_email", "name@example.com"),
+    "email_without_domain_dot": ({"author_email": "you@localhost"}, "author_email", "@"),
+    "email_with_a_quote": ({"author_email": 'y"ou@example.com'}, "author_email", "@"),
+    "email_with_a_space": ({"author_email": "you @example.com"}, "author_email", "@"),
+    "empty_email": ({"author_email": ""}, "author_email", "name@example.com"),
+    "empty_project_name": (
+        {"project_name": "   ", "project_slug": "blank"},
+        "project_name",
+        "must not be empty",
+    ),
+    "empty_author_name": ({"author_name": ""}, "author_name", "must not be empty"),
+    "description_on_two_lines": (
+        {"description": "first line\nsecond line"},
+        "description",
+        "one line",
+    ),
+    "project_name_with_a_tab": ({"project_name": "Mamba\tModel"}, "project_name", "one line"),
+}
+
+
+def output_left_behind(output_root: Path) -> list[str]:
+    """Everything under pytest-cookies' output folders (bake00, bake01, ...) themselves."""
+    return sorted(
+        str(path.relative_to(output_root))
+        for bake_dir in output_root.iterdir()
+        for path in bake_dir.rglob("*")
+    )
+
+
+@pytest.mark.parametrize("case", REJECTED.values(), ids=REJECTED.keys())
+def test_rejects_bad_answer_with_one_line_and_leaves_no_folder(
+    cookies, template, tmp_path, capfd, case
+):
+    answers, field, rule = case
+    result = cookies.bake(extra_context=answers, template=str(template))
+    assert isinstance(result.exception, FailedHookException)
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    value = answers.get(field)
+    assert errors[0].startswith(f"error: {field} {value!r} "), errors[0]
+    assert rule in errors[0]
+    assert output_left_behind(tmp_path / "cookies") == []
+
+
+def test_rejects_slug_with_a_path_separator(cookies, template, tmp_path, capfd):
+    """Cookiecutter creates the parent folder of `a/b` before any hook runs.
+
+    The hook rejects the slug and cookiecutter removes the project folder; the empty parent
+    it made itself is all that remains (see docs/design_decisions.md).
+    """
+    result = cookies.bake(extra_context={"project_slug": "mamba/project"}, template=str(template))
+    assert isinstance(result.exception, FailedHookException)
+    assert "error: project_slug 'mamba/project' must be lower-case" in capfd.readouterr().err
+    assert output_left_behind(tmp_path / "cookies") == ["bake00/mamba"]
+
+
+def replay(template: Path, tmp_path: Path, **answers: str) -> None:
+    """Bake from a replay file, which skips cookiecutter's own check of the choices."""
+    context = {
+        "cookiecutter": {
+            key: (value if not isinstance(value, list) else value[0])
+            for key, value in json.loads((template / "cookiecutter.json").read_text()).items()
+            if not key.startswith("_")
+        }
+    }
+    context["cookiecutter"] |= {
+        "project_slug": "mamba-project",
+        "package_name": "mamba_project",
+        **answers,
+    }
+    context["_cookiecutter"] = dict(context["cookiecutter"])
+    replay_file = tmp_path / "answers.json"
+    replay_file.write_text(json.dumps(context), encoding="utf-8")
+    cookiecutter(str(template), replay=str(replay_file), output_dir=str(tmp_path / "out"))
+
+
+def test_rejects_t4_from_a_replay_file_and_says_why(template, tmp_path, capfd):
+    with pytest.raises(FailedHookException):
+        replay(template, tmp_path, modal_gpu="T4")
+    err = capfd.readouterr().err
+    assert "error: modal_gpu 'T4' is not supported: T4 is sm_75, which has no bfloat16" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("field", sorted(CHOICES))
+def test_rejects_a_choice_the_template_does_not_offer(template, tmp_path, capfd, field):
+    with pytest.raises(FailedHookException):
+        replay(template, tmp_path, **{field: "something-else"})
+    err = capfd.readouterr().err
+    options = ", ".join(CHOICES[field])
+    assert f"error: {field} 'something-else' must be one of {options}." in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_hook_choices_match_cookiecutter_json():
+    """The hook keeps its own copy of the options (under cruft it cannot read the template)."""
+    source = render_hook("pre_gen_project.py", DEFAULTS)
+    namespace: dict = {}
+    exec(compile(source, "pre_gen_project.py", "exec"), namespace)
+    assert namespace["CHOICES"] == CHOICES
+
+
+NASTY = {
+    "project_name": 'Ünïcode "Quoted" O\'Brien \\ back\\slash: [x] {y} # hash',
+    "project_slug": "nasty-project",
+    "package_name": "nasty_project",
+    "description": (
+        "Says \"hi\" \\ to 'everyone': {a: [b, c]} # not a comment; tabs\\t and \\n stay text, "
+        "\"\"\" and ''' too, ünïcode ✓, %s ${HOME} & <b>"
+    ),
+    "author_name": 'Zoë "Z" O\'Hara \\ Jr.: - [bot]',
+    "author_email": "zoe.o'hara+tag@example.co.uk",
+}
+
+
+def render_hook(name: str, answers: dict[str, str]) -> str:
+    context = {"cookiecutter": {**DEFAULTS, **answers, "_template": "x", "_repo_dir": "."}}
+    env = StrictEnvironment(context=context, keep_trailing_newline=True)
+    return env.from_string((HOOKS / name).read_text(encoding="utf-8")).render(**context)
+
+
+@pytest.mark.parametrize("name", ["pre_gen_project.py", "post_gen_project.py"])
+def test_hooks_read_answers_as_data(name):
+    source = render_hook(name, NASTY)
+    namespace: dict = {}
+    exec(compile(source, name, "exec"), namespace)
+    assert {field: namespace["ANSWERS"][field] for field in NASTY} == NASTY
+
+
+def test_hooks_are_ruff_clean():
+    """The hooks are plain Python before rendering, so they are linted like any code."""
+    for command in (["check"], ["format", "--check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--no-cache", "hooks", "tests"],
+            cwd=HOOKS.parent,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_nasty_free_text_bakes_into_parseable_files(cookies, template):
+    project = bake(cookies, template, **NASTY)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["description"] == NASTY["description"]
+    assert pyproject["project"]["authors"][0]["name"] == NASTY["author_name"]
+    assert pyproject["project"]["authors"][0]["email"] == NASTY["author_email"]
+    for path in [*project.rglob("*.yaml"), *project.rglob("*.yml")]:
+        list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    for path in project.rglob("*.py"):
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert NASTY["project_name"] in readme
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

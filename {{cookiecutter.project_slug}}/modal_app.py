@@ -1,0 +1,379 @@
+"""Where it runs: the same LightningCLI training, on a Modal GPU.
+
+    modal run modal_app.py --config configs/<name>.yaml
+    modal run modal_app.py --config configs/<name>.yaml --overrides "--trainer.max_steps=20000"
+    modal run --detach modal_app.py --config configs/<name>.yaml --gpu H100:2
+    modal run modal_app.py::upload_data --source path/to/corpus.txt
+    modal deploy modal_app.py                          # keeps the TensorBoard endpoint up
+
+What happens where:
+- On your machine, `main` checks every input (config path, run id, GPU, timeout) before any
+  GPU time is spent, then calls `train` remotely.
+- In the container, `train` reports which fast kernels are active (and with `--kernels require`
+  stops if one is missing), then runs `python -m <package> fit ...` as a child process, with
+  the Volumes' paths as the run root. Lightning may re-launch that command once per GPU (DDP), which
+  is why training is a child process rather than a function call. Whenever a `last.ckpt`
+  changes, the checkpoint and log Volumes are committed, so a retried or preempted attempt
+  resumes from it: the CLI resumes by itself when `<run root>/<run id>/checkpoints/last.ckpt`
+  exists.
+
+docs/modal.md explains the GPU choice, `--detach`, the image builder version and resuming.
+"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Literal
+
+import modal
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+APP_NAME = "{{ cookiecutter.project_slug }}"
+
+# Locally this is the project folder; in the container Modal imports this file as
+# /root/modal_app.py, and the image below puts everything it needs next to it in /root.
+HERE = Path(__file__).resolve().parent
+STACK_FILE = HERE / "gpu_stack.toml"
+
+# --- GPUs ------------------------------------------------------------------------------------
+
+# GPU types Modal knows (case-insensitive), with memory in GB.
+GPU_MEMORY_GB = {
+    "T4": 16,
+    "L4": 24,
+    "A10": 24,
+    "A10G": 24,
+    "A100": 40,
+    "A100-40GB": 40,
+    "L40S": 48,
+    "A100-80GB": 80,
+    "H100": 80,
+    "H100!": 80,
+    "RTX-PRO-6000": 96,
+    "H200": 141,
+    "B200": 180,
+    "B200+": 180,
+}
+MAX_GPUS_PER_CONTAINER = {"A10": 4, "A10G": 4}  # 8 for every other type
+FALLBACK_CANDIDATES = ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200", "B200"]
+
+
+def gpu_fallbacks(first: str, extra: int = 2) -> list[str]:
+    """`first`, then the `extra` closest GPU types with at least as much memory.
+
+    Modal takes the first type in the list that has capacity, and a config that fits the first
+    GPU's memory also fits the fallbacks.
+    """
+    need = GPU_MEMORY_GB[first]
+    larger = [g for g in FALLBACK_CANDIDATES if g != first and GPU_MEMORY_GB[g] >= need]
+    return [first, *sorted(larger, key=GPU_MEMORY_GB.__getitem__)[:extra]]
+
+
+GPUS = gpu_fallbacks("{{ cookiecutter.modal_gpu }}")
+
+# --- Time limits and retries -----------------------------------------------------------------
+
+MAX_TIMEOUT_HOURS = 24  # Modal's limit for one attempt
+TIMEOUT_HOURS = 12  # per attempt; a timed-out attempt is retried and resumes from last.ckpt
+RETRIES = modal.Retries(max_retries=4, backoff_coefficient=1.0, initial_delay=10.0)
+
+# --- The image: one layer per step of gpu_stack.toml, local files last ------------------------
+
+
+def not_source(path: Path) -> bool:
+    """Files to leave behind: caches, bytecode, hidden files and folders."""
+    return path.suffix == ".pyc" or any(p.startswith(".") or p == "__pycache__" for p in path.parts)
+
+
+stack = tomllib.loads(STACK_FILE.read_text(encoding="utf-8"))
+image = modal.Image.from_registry(stack["image"]["base"], add_python=stack["image"]["python"])
+for step in stack["steps"]:
+    image = image.run_commands(step["run"])
+image = (
+    image.env({"PYTHONUNBUFFERED": "1"})
+    # Local files go last: they are attached when a container starts instead of being baked
+    # into a layer, and Modal refuses any build step after them.
+    .add_local_dir(HERE / "src" / PACKAGE, f"/root/{PACKAGE}", ignore=not_source)
+    .add_local_dir(HERE / "configs", "/root/configs", ignore=not_source)
+    .add_local_file(STACK_FILE, "/root/gpu_stack.toml")
+)
+
+# --- Volumes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """Where the Volumes appear inside a container."""
+
+    data: Path = Path("/vol/data")  # datasets: `upload_data` writes here
+    runs: Path = Path("/vol/runs")  # --run.root: checkpoints and the saved config of each run
+    logs: Path = Path("/vol/logs")  # --run.log_root: TensorBoard event files
+
+
+MOUNTS = Mounts()
+data_volume = modal.Volume.from_name(f"{APP_NAME}-data", create_if_missing=True)
+runs_volume = modal.Volume.from_name(f"{APP_NAME}-runs", create_if_missing=True)
+logs_volume = modal.Volume.from_name(f"{APP_NAME}-logs", create_if_missing=True)
+VOLUMES = {
+    str(MOUNTS.data): data_volume,
+    str(MOUNTS.runs): runs_volume,
+    str(MOUNTS.logs): logs_volume,
+}
+
+app = modal.App(APP_NAME, image=image)
+
+# --- Checking inputs before any GPU time -----------------------------------------------------
+
+RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+# Set by this file from the Volumes; overriding them would write outside the Volumes.
+RESERVED_OVERRIDES = ("--run.root", "--run.log_root", "--run.id")
+
+
+@dataclass(frozen=True)
+class Request:
+    """The validated inputs of one `modal run`."""
+
+    config: str  # relative to the project folder, e.g. "configs/lm.yaml"
+    overrides: list[str]
+    run_id: str  # "" lets the CLI derive a stable id from the config
+    gpu: str | None  # None keeps the baked fallback list
+    timeout_s: int
+
+
+def validate_request(
+    config: str, run_id: str = "", overrides: str = "", gpu: str = "", timeout_hours: float = 0
+) -> Request:
+    """Check every user input; raise ValueError naming the value and the fix."""
+    configs_dir = HERE / "configs"
+    path = Path(config)
+    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    available = ", ".join(f"configs/{p.name}" for p in sorted(configs_dir.glob("*.yaml")))
+    if not path.is_file():
+        raise ValueError(f"--config {config!r}: no such file. Use one of: {available}.")
+    if not path.is_relative_to(configs_dir):
+        raise ValueError(
+            f"--config {config!r} is outside {configs_dir}; only that folder is shipped to "
+            "Modal. Copy the file into configs/ and pass configs/<name>.yaml."
+        )
+
+    if run_id and (not RUN_ID.fullmatch(run_id) or run_id in {".", ".."}):
+        raise ValueError(
+            f"--run-id {run_id!r}: use only letters, digits, '.', '_' and '-' "
+            "(no '/' or spaces), e.g. --run-id lm-small-1."
+        )
+
+    try:
+        extra = shlex.split(overrides)
+    except ValueError as err:
+        raise ValueError(f"--overrides {overrides!r}: {err}. Quote values with spaces.") from None
+    for arg in extra:
+        if not arg.startswith("--"):
+            raise ValueError(
+                f"--overrides: {arg!r} is not an option. Write each override as "
+                '--key=value, e.g. --overrides "--trainer.max_steps=1000".'
+            )
+        if arg.split("=", 1)[0] in RESERVED_OVERRIDES:
+            raise ValueError(
+                f"--overrides: {arg!r} is set by modal_app.py (the Volumes hold every run). "
+                "Use --run-id to name the run."
+            )
+
+    if gpu:
+        gpu_type, _, count = gpu.partition(":")
+        known = {name.upper(): name for name in GPU_MEMORY_GB}
+        if gpu_type.upper() not in known:
+            raise ValueError(
+                f"--gpu {gpu!r}: Modal has no GPU type {gpu_type!r}. "
+                f"Use one of {', '.join(GPU_MEMORY_GB)}, optionally with a count, e.g. H100:2."
+            )
+        limit = MAX_GPUS_PER_CONTAINER.get(known[gpu_type.upper()], 8)
+        if count and not (count.isdigit() and 1 <= int(count) <= limit):
+            raise ValueError(
+                f"--gpu {gpu!r}: the count must be a whole number from 1 to {limit} "
+                f"for {known[gpu_type.upper()]}, e.g. {known[gpu_type.upper()]}:2."
+            )
+
+    hours = timeout_hours or TIMEOUT_HOURS
+    if not 0 < hours <= MAX_TIMEOUT_HOURS:
+        raise ValueError(
+            f"--timeout-hours {timeout_hours}: Modal allows at most {MAX_TIMEOUT_HOURS} hours "
+            "per attempt. Use a smaller value; a timed-out attempt is retried and resumes "
+            "from last.ckpt."
+        )
+
+    return Request(
+        config=path.relative_to(HERE).as_posix(),
+        overrides=extra,
+        run_id=run_id,
+        gpu=gpu or None,
+        timeout_s=int(hours * 3600),
+    )
+
+
+# --- Training --------------------------------------------------------------------------------
+
+
+def fit_command(config: str, overrides: list[str], run_id: str) -> list[str]:
+    """The child process: the local `python -m <pkg> fit` command, rooted in the Volumes."""
+    command = [sys.executable, "-m", PACKAGE, "fit", "--config", str(HERE / config)]
+    if run_id:
+        command.append(f"--run.id={run_id}")
+    return [*command, f"--run.root={MOUNTS.runs}", f"--run.log_root={MOUNTS.logs}", *overrides]
+
+
+def commit_run_volumes() -> None:
+    """Persist checkpoints and logs so the next attempt (and TensorBoard) sees them."""
+    runs_volume.commit()
+    logs_volume.commit()
+
+
+class CheckpointWatcher(threading.Thread):
+    """Calls `commit` once a changed `last.ckpt` under `root` has stopped changing."""
+
+    def __init__(self, root: Path, commit: Callable[[], None], poll_s: float = 10.0):
+        super().__init__(daemon=True)
+        self.root, self.commit, self.poll_s = root, commit, poll_s
+        self.stopped = threading.Event()
+        self.committed = self.snapshot()
+
+    def snapshot(self) -> dict[Path, tuple[float, int]]:
+        found = {}
+        for path in self.root.glob("*/checkpoints/last.ckpt"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # replaced between glob and stat
+                continue
+            found[path] = (stat.st_mtime, stat.st_size)
+        return found
+
+    def run(self) -> None:
+        previous = self.committed
+        while not self.stopped.wait(self.poll_s):
+            current = self.snapshot()
+            # Same as one poll ago (so not mid-write) but not yet committed.
+            if current == previous and current != self.committed:
+                self.commit()
+                self.committed = current
+            previous = current
+
+
+def run_training(
+    config: str,
+    overrides: list[str],
+    run_id: str,
+    kernels: str,
+    commit: Callable[[], None] = commit_run_volumes,
+    poll_s: float = 10.0,
+) -> int:
+    """Kernel check, then `fit` in a child process; returns the child's exit code."""
+    package_dir = find_spec(PACKAGE).submodule_search_locations[0]
+    report = import_module(f"{PACKAGE}.kernels").check_kernels(kernels)
+    if report:
+        print("fast paths:", ", ".join(f"{k}={'on' if v else 'OFF'}" for k, v in report.items()))
+
+    for mount in (MOUNTS.data, MOUNTS.runs, MOUNTS.logs):
+        mount.mkdir(parents=True, exist_ok=True)
+    command = fit_command(config, overrides, run_id)
+    print("running:", shlex.join(command), flush=True)
+    # The child imports the package from wherever this process found it.
+    paths = [str(Path(package_dir).resolve().parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+    watcher = CheckpointWatcher(MOUNTS.runs, commit, poll_s=poll_s)
+    watcher.start()
+    child = subprocess.Popen(command, cwd=HERE, env=env)
+
+    def forward(signum, _frame):  # lets Lightning save a checkpoint before the container stops
+        child.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        watcher.stopped.set()
+        watcher.join()
+        commit()
+
+
+@app.function(gpu=GPUS, timeout=TIMEOUT_HOURS * 3600, retries=RETRIES, volumes=VOLUMES)
+def train(config: str, overrides: list[str], run_id: str = "", kernels: str = "require") -> None:
+    """One attempt of a training run. Modal retries a failed attempt; the retry resumes."""
+    code = run_training(config, overrides, run_id, kernels)
+    if code != 0:
+        raise RuntimeError(f"`{PACKAGE} fit` exited with code {code}; see the log above.")
+
+
+@app.local_entrypoint()
+def main(
+    config: str,
+    run_id: str = "",
+    overrides: str = "",
+    gpu: str = "",
+    timeout_hours: float = TIMEOUT_HOURS,
+    kernels: Literal["require", "warn", "off"] = "require",
+) -> None:
+    """Train on Modal with a LightningCLI config from configs/.
+
+    --overrides takes LightningCLI arguments in one string, e.g. "--trainer.max_steps=1000".
+    --run-id names the run (default: derived from the config); rerunning it resumes.
+    --gpu takes one type with an optional count, e.g. H100:2, instead of the fallback list.
+    """
+    request = validate_request(config, run_id, overrides, gpu, timeout_hours)
+    fn = train
+    if request.gpu or request.timeout_s != TIMEOUT_HOURS * 3600:
+        fn = train.with_options(gpu=request.gpu, timeout=request.timeout_s)
+    print(f"training {request.config} on {request.gpu or ' or '.join(GPUS)}")
+    fn.remote(request.config, request.overrides, request.run_id, kernels)
+
+
+# --- Data and TensorBoard --------------------------------------------------------------------
+
+
+@app.function(volumes={str(MOUNTS.data): data_volume}, timeout=3600)
+def prepare_text(path: str) -> None:
+    """Build the TextFile byte cache inside the data Volume, on CPU, before any GPU run.
+
+    Upload first with Modal's CLI, then prepare:
+        modal volume put {{ cookiecutter.project_slug }}-data corpus.txt corpus.txt
+        modal run modal_app.py::prepare_text --path /vol/data/corpus.txt
+    and train with --overrides "--data.init_args.path=/vol/data/corpus.txt".
+    """
+    if not Path(path).is_relative_to(MOUNTS.data):
+        raise ValueError(f"--path {path!r} is outside the data Volume; use {MOUNTS.data}/<name>.")
+    import_module(f"{PACKAGE}.data").TextFile(path=path).prepare_data()
+    data_volume.commit()
+
+
+def tensorboard_app(logdir: Path):
+    """TensorBoard's own WSGI app, reading event files under `logdir`."""
+    from tensorboard import program
+    from tensorboard.backend import application
+
+    board = program.TensorBoard()
+    board.configure(logdir=str(logdir), reload_interval=30)
+    data_provider, multiplexer = board._make_data_provider()
+    return application.TensorBoardWSGIApp(
+        board.flags, board.plugin_loaders, data_provider, board.assets_zip_provider, multiplexer
+    )
+
+
+@app.function(volumes={str(MOUNTS.logs): logs_volume}, scaledown_window=300)
+@modal.concurrent(max_inputs=100)
+@modal.wsgi_app()
+def tensorboard():
+    """TensorBoard over the logs Volume, at the URL `modal serve`/`modal deploy` prints."""
+    return tensorboard_app(MOUNTS.logs)

@@ -1,0 +1,257 @@
+"""How the model learns: one LightningModule for both tasks.
+
+* language_model: token ids (B, L) -> next-token logits (B, L, V) through the backbone and a
+  head tied to the embedding. Loss and metrics skip targets equal to -100.
+* sequence_classification: real-valued series (B, L, C) -> input projection -> backbone ->
+  pooling over time -> class logits (B, K).
+
+Lightning calls the hooks below in this order during `fit`:
+setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on_save_checkpoint.
+`test_step` runs for `test`, `predict_step` for `predict`.
+"""
+
+import math
+from dataclasses import replace
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+
+from .backbone import Backbone, BackboneConfig, InferenceParams
+from .kernels import check_kernels
+
+Task = Literal["language_model", "sequence_classification"]
+
+
+class MambaModule(L.LightningModule):
+    """A Mamba backbone with a task head, its metrics and its optimiser.
+
+    Args:
+        task: what the model learns; must match the data module's task.
+        backbone: the backbone's shape and implementation (backbone.impl: auto|fused|reference).
+        vocab_size / num_channels / num_classes: filled in from the data module by the CLI.
+        pooling: how a classifier summarises time: "mean" over steps or the "last" step.
+        lr: peak learning rate after warmup; cosine decay to lr * min_lr_ratio at the last step.
+        weight_decay: AdamW decay for weight matrices; never for norms, biases and the
+            parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
+        kernels: what to do when a fused fast path is missing: require (stop), warn, off.
+    """
+
+    def __init__(
+        self,
+        task: Task = "language_model",
+        backbone: BackboneConfig | None = None,
+        vocab_size: int | None = None,
+        num_channels: int | None = None,
+        num_classes: int | None = None,
+        pooling: Literal["mean", "last"] = "mean",
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        kernels: Literal["require", "warn", "off"] = "require",
+    ):
+        super().__init__()
+        backbone = backbone or BackboneConfig()
+        _check_hyperparameters(
+            task,
+            vocab_size,
+            num_channels,
+            num_classes,
+            lr,
+            weight_decay,
+            warmup_steps,
+            min_lr_ratio,
+        )
+        self.save_hyperparameters()
+        if task == "language_model":
+            self.backbone = Backbone(backbone, vocab_size=vocab_size)
+            metrics = torchmetrics.MetricCollection(
+                {
+                    "acc": torchmetrics.Accuracy(
+                        "multiclass", num_classes=vocab_size, ignore_index=-100
+                    ),
+                    "ppl": torchmetrics.text.Perplexity(ignore_index=-100),
+                }
+            )
+        else:
+            self.input_proj = nn.Linear(num_channels, backbone.d_model)
+            self.backbone = Backbone(backbone, vocab_size=None)
+            self.head = nn.Linear(backbone.d_model, num_classes)
+            kind = "binary" if num_classes == 2 else "multiclass"
+            args = {} if kind == "binary" else {"num_classes": num_classes}
+            metrics = torchmetrics.MetricCollection(
+                {
+                    "acc": torchmetrics.Accuracy(kind, **args),
+                    "f1": torchmetrics.F1Score(kind, average="macro", **args),
+                    "auroc": torchmetrics.AUROC(kind, **args),
+                }
+            )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # ---------------------------------------------------------------------------- forward
+    def forward(self, inputs: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
+        """LM: ids (B, L) -> logits (B, L, V). Classifier: (B, L, C) -> logits (B, K)."""
+        if self.hparams.task == "language_model":
+            hidden = self.backbone(inputs, inference_params)  # (B, L, D)
+            return F.linear(hidden, self.backbone.embedding.weight)  # tied head
+        hidden = self.backbone(self.input_proj(inputs))  # (B, L, D)
+        pooled = hidden.mean(1) if self.hparams.pooling == "mean" else hidden[:, -1]
+        return self.head(pooled)
+
+    def _step(self, batch, metrics: torchmetrics.MetricCollection) -> Tensor:
+        inputs, targets = batch
+        logits = self(inputs)
+        stage = metrics.prefix.rstrip("/")
+        if self.hparams.task == "language_model":
+            logits = logits[..., : self.hparams.vocab_size].float()  # drop padded vocab rows
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
+            metrics["ppl"].update(logits, targets)
+        else:
+            logits = logits.float()
+            loss = F.cross_entropy(logits, targets)
+            scores = logits.softmax(-1)
+            metrics.update(scores[:, 1] if self.hparams.num_classes == 2 else scores, targets)
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            batch_size=targets.shape[0],
+        )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    # --------------------------------------------------------------------------- hooks
+    def setup(self, stage: str) -> None:
+        """Runs on every process before training/evaluation: check the fused kernels."""
+        if self.backbone.impl == "fused":
+            check_kernels(self.hparams.kernels)
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_metrics)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, self.test_metrics)
+
+    def predict_step(self, batch, batch_idx):
+        """LM: greedy continuation of each input (B, L) by 32 tokens. Classifier: class probs."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if self.hparams.task == "language_model":
+            return self.generate(inputs, max_new_tokens=32)
+        return self(inputs).float().softmax(-1)
+
+    def configure_optimizers(self):
+        """AdamW without decay on norms, biases and `_no_weight_decay` parameters; warmup+cosine."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False)
+            (no_decay if skip else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.hparams.lr, betas=self.hparams.betas, fused=fused
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+    ) -> Tensor:
+        """Continue token ids (B, L) by max_new_tokens, carrying the recurrent state.
+
+        The prompt runs through the parallel (chunked) forward once, which leaves each layer's
+        conv and SSM state behind; every new token is then one recurrent step. temperature 0
+        is greedy decoding.
+        """
+        if self.hparams.task != "language_model":
+            raise ValueError("generate() needs task=language_model")
+        batch, length = prompt.shape
+        params = InferenceParams(max_seqlen=length + max_new_tokens, max_batch_size=batch)
+        logits = self(prompt, inference_params=params)[:, -1]  # (B, V)
+        tokens = [prompt]
+        for _ in range(max_new_tokens):
+            logits = logits[:, : self.hparams.vocab_size].float()
+            if temperature > 0:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(logits.softmax(-1), 1)
+            else:
+                token = logits.argmax(-1, keepdim=True)  # (B, 1)
+            tokens.append(token)
+            params.seqlen_offset += tokens[-2].shape[1]
+            logits = self(token, inference_params=params)[:, -1]
+        return torch.cat(tokens, dim=1)
+
+    @classmethod
+    def load_for_device(cls, checkpoint_path: str, impl: str = "auto", **kwargs):
+        """Load a checkpoint with another backbone implementation (e.g. fused -> reference)."""
+        hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        config = replace(hparams["hyper_parameters"]["backbone"], impl=impl)
+        return cls.load_from_checkpoint(checkpoint_path, backbone=config, **kwargs)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warmup to 1, then cosine down to min_ratio at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _check_hyperparameters(
+    task, vocab_size, num_channels, num_classes, lr, weight_decay, warmup_steps, min_lr_ratio
+) -> None:
+    if task == "language_model" and not vocab_size:
+        raise ValueError(
+            f"model.task=language_model needs a vocab_size, got {vocab_size!r}; use a "
+            "language-model data module (SelectiveCopying, InductionHeads, TextFile)."
+        )
+    if task == "sequence_classification" and not (num_channels and num_classes):
+        raise ValueError(
+            f"model.task=sequence_classification needs num_channels and num_classes, got "
+            f"{num_channels!r} and {num_classes!r}; use a classification data module "
+            "(SyntheticSeries, ArrayClassification)."
+        )
+    if not lr > 0:
+        raise ValueError(f"model.lr={lr} must be > 0")
+    if weight_decay < 0:
+        raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
+    if warmup_steps < 0:
+        raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"model.min_lr_ratio={min_lr_ratio} must be in [0, 1]")

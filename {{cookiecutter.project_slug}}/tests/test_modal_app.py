@@ -1,0 +1,419 @@
+"""modal_app.py, proven offline: no Modal account, no network, no GPU.
+
+The image is rendered with Modal's own Dockerfile writers for each builder version; the
+function spec is read from the Function object; training runs locally with temporary folders
+standing in for the Volumes.
+"""
+
+import importlib.util
+import inspect
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import modal
+import pytest
+import torch
+from modal._utils.async_utils import synchronizer
+
+PROJECT = Path(__file__).resolve().parents[1]
+if str(PROJECT) not in sys.path:  # modal_app.py sits at the project root, next to src/
+    sys.path.insert(0, str(PROJECT))
+modal_app = importlib.import_module("modal_app")
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+SLUG = "{{ cookiecutter.project_slug }}"
+BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
+PYTHON = "{{ cookiecutter.python_version }}"
+BUILDER_VERSIONS = ["2025.06", "2026.10"]
+STACK = tomllib.loads((PROJECT / "gpu_stack.toml").read_text(encoding="utf-8"))
+
+# Written out on purpose: a silent change to gpu_stack.toml must fail here.
+EXPECTED_PINS = {
+    "torch": "2.10.0",
+    "packaging": "25.0",
+    "ninja": "1.13.0",
+    "wheel": "0.45.1",
+    "setuptools": "80.9.0",
+    "numpy": "2.3.5",
+    "causal-conv1d": "1.7.0",
+    "mamba-ssm": "2.3.2.post1",
+    "lightning": "2.6.6",
+    "torchmetrics": "1.9.0",
+    "tensorboard": "2.21.0",
+    "jsonargparse[signatures]": "4.53.0",
+}
+EXPECTED_ORDER = [
+    "torch",
+    "build tools",
+    "causal-conv1d",
+    "mamba-ssm",
+    "kernel import check",
+    "training dependencies",
+]
+
+# A config small enough to train a few steps on CPU in seconds.
+TINY = [
+    "--trainer.max_steps=2",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--model.kernels=off",
+    "--model.backbone.impl=reference",
+    "--model.backbone.d_model=16",
+    "--model.backbone.n_layer=1",
+    "--model.backbone.d_state=8",
+    "--model.backbone.headdim=8",
+    "--model.backbone.chunk_size=8",
+    "--data.init_args.batch_size=2",
+]
+
+
+def render(image: modal.Image, version: str) -> list[tuple[str, object]]:
+    """The layers Modal would build for `image` under builder `version`, oldest first.
+
+    Every Image method returns a lazy object whose loader closes over its base image and over
+    the function that writes its Dockerfile lines for a builder version. This walks that chain
+    and calls those functions, so the lines are Modal's own. Layers are ("build", lines),
+    ("local", mount) for add_local_* (attached at container start) and ("python", series).
+    """
+    layers: list[tuple[str, object]] = []
+
+    def walk(img) -> None:
+        scope = inspect.getclosurevars(img._load).nonlocals
+        if "split_image" in scope:  # from_registry(add_python=...)
+            layers.append(("python", scope["add_python"]))
+            newer = version > "2025.06"  # newer builders put the base and Python in two layers
+            walk(scope["split_image"] if newer else scope["single_layer_image"])
+        elif "mount" in scope:
+            walk(scope["base_image"])
+            layers.append(("local", scope["mount"]))
+        else:
+            for base in scope["base_images"].values():
+                walk(base)
+            layers.append(("build", scope["dockerfile_function"](version).commands))
+
+    walk(synchronizer._translate_in(image))
+    return layers
+
+
+def build_lines(layers) -> list[list[str]]:
+    return [lines for kind, lines in layers if kind == "build"]
+
+
+def assert_local_files_last(layers) -> None:
+    """Modal rejects (at deploy time) any build step after add_local_* with copy=False."""
+    kinds = [kind for kind, _ in layers if kind != "python"]
+    assert "local" in kinds
+    after = kinds[kinds.index("local") :]
+    assert after == ["local"] * len(after), f"build step after local files: {kinds}"
+
+
+def shipped_files(layers) -> set[str]:
+    """Container paths of every local file the image attaches."""
+    mounts = [synchronizer._translate_in(m) for kind, m in layers if kind == "local"]
+    return {
+        str(remote) for m in mounts for e in m._entries for _, remote in e.get_files_to_upload()
+    }
+
+
+def pins_of(command: str) -> dict[str, str]:
+    return dict(arg.split("==") for arg in shlex.split(command) if "==" in arg)
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """No Modal token and no user config: what a fresh machine or CI sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["HOME"] = str(tmp_path)
+    return env
+
+
+# --- The pins file ----------------------------------------------------------------------------
+
+
+def test_pins_file_holds_the_expected_versions_in_install_order():
+    assert [step["name"] for step in STACK["steps"]] == EXPECTED_ORDER
+    pins = {}
+    for step in STACK["steps"]:
+        pins.update(pins_of(step["run"]))
+    assert pins == EXPECTED_PINS
+    assert STACK["image"] == {"base": "nvidia/cuda:12.8.1-devel-ubuntu22.04", "python": PYTHON}
+
+
+def test_every_install_after_torch_holds_torch_and_kernels_skip_build_isolation():
+    installs = {s["name"]: s["run"] for s in STACK["steps"] if "pip install" in s["run"]}
+    for name, command in installs.items():
+        assert pins_of(command)["torch"] == "2.10.0", name
+    for name in ("causal-conv1d", "mamba-ssm"):
+        assert "--no-build-isolation" in shlex.split(installs[name]), name
+    check = next(s["run"] for s in STACK["steps"] if s["name"] == "kernel import check")
+    assert {"selective_scan_cuda", "causal_conv1d_cuda"} <= set(re.findall(r"\w+", check))
+
+
+def test_local_install_script_runs_the_same_ordered_commands():
+    spec = importlib.util.spec_from_file_location("install_gpu", PROJECT / "scripts/install_gpu.py")
+    install_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install_gpu)
+    local = [argv for _, argv in install_gpu.load_steps()]
+    expected = [shlex.split(s["run"]) for s in STACK["steps"]]
+    assert [argv[1:] for argv in local] == [argv[1:] for argv in expected]
+    assert all(argv[0] == sys.executable for argv in local)
+
+
+# --- The image --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", BUILDER_VERSIONS)
+def test_image_starts_from_cuda_devel_with_the_baked_python(version):
+    layers = render(modal_app.image, version)
+    print(f"\nbuilder {version}:")
+    for kind, item in layers:
+        print(f"  {kind}: {item if kind != 'local' else 'add_local_*'}")
+    assert ("python", PYTHON) in layers
+    first = build_lines(layers)[0]
+    assert first[0] == f"FROM {STACK['image']['base']}"
+    python_layer = next(
+        lines for lines in build_lines(layers) if "COPY /python/. /usr/local" in lines
+    )
+    # 2025.06 adds Python in the base layer; 2026.10 in its own layer on top of the base.
+    assert (python_layer is first) == (version == "2025.06")
+
+
+@pytest.mark.parametrize("version", BUILDER_VERSIONS)
+def test_image_runs_each_stack_step_as_its_own_layer_in_order(version):
+    runs = [lines[1:] for lines in build_lines(render(modal_app.image, version))[1:]]
+    steps = [[f"RUN {s['run']}"] for s in STACK["steps"]]
+    python_layer = [1] if version > "2025.06" else []
+    assert runs[len(python_layer) : len(python_layer) + len(steps)] == steps
+
+
+@pytest.mark.parametrize("version", BUILDER_VERSIONS)
+def test_local_files_come_last_and_ship_package_configs_and_pins(version):
+    layers = render(modal_app.image, version)
+    assert_local_files_last(layers)
+    shipped = shipped_files(layers)
+    assert "/root/gpu_stack.toml" in shipped
+    configs = sorted((PROJECT / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds no YAML file"
+    assert {f"/root/configs/{c.name}" for c in configs} <= shipped
+    package = PROJECT / "src" / PACKAGE
+    sources = {
+        f"/root/{PACKAGE}/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
+    }
+    assert sources and sources <= shipped
+    assert not any("__pycache__" in path or "/." in path for path in shipped)
+
+
+def test_a_build_step_after_local_files_is_caught():
+    late = modal_app.image.run_commands("echo too late")
+    with pytest.raises(AssertionError, match="build step after local files"):
+        assert_local_files_last(render(late, "2026.10"))
+
+
+def test_importing_modal_app_needs_no_token_and_no_torch(tmp_path):
+    code = "import sys, modal_app; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=PROJECT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().strip() == "False"
+
+
+# --- Function spec and inputs -----------------------------------------------------------------
+
+
+def test_train_function_spec_has_gpu_fallbacks_timeout_retries_and_volumes():
+    info = modal_app.train.info()
+    assert info.gpus[0] == (BAKED_GPU.upper(), 1)
+    assert [gpu for gpu, _ in info.gpus] == [g.upper() for g in modal_app.GPUS]
+    assert len(info.gpus) > 1
+    assert 0 < info.timeout < 24 * 3600
+    assert 1 <= info.max_retries <= 10
+    names = {path: mount.name for path, mount in info.volumes.items()}
+    assert names == {
+        "/vol/data": f"{SLUG}-data",
+        "/vol/runs": f"{SLUG}-runs",
+        "/vol/logs": f"{SLUG}-logs",
+    }
+
+
+def test_gpu_fallbacks_have_at_least_the_first_gpus_memory():
+    memory = modal_app.GPU_MEMORY_GB
+    for first in ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200"]:
+        chosen = modal_app.gpu_fallbacks(first)
+        assert chosen[0] == first and len(chosen) > 1
+        assert all(memory[g] >= memory[first] for g in chosen)
+
+
+def test_modal_run_help_lists_the_entrypoint_options(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "modal", "run", "modal_app.py", "--help"],
+        check=False,
+        cwd=PROJECT,
+        env={**clean_env(tmp_path), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    for option in ["--config", "--run-id", "--overrides", "--gpu", "--timeout-hours", "--kernels"]:
+        assert option in out.stdout, option
+
+
+def any_config() -> str:
+    return min((PROJECT / "configs").glob("*.yaml")).relative_to(PROJECT).as_posix()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"config": "configs/missing.yaml"}, "configs/missing.yaml"),
+        ({"config": "gpu_stack.toml"}, "gpu_stack.toml"),
+        ({"run_id": "../escape"}, "../escape"),
+        ({"run_id": "a b"}, "a b"),
+        ({"gpu": "H1000"}, "H1000"),
+        ({"gpu": "H100:9"}, "H100:9"),
+        ({"timeout_hours": 25}, "25"),
+        ({"overrides": "--run.root=/tmp"}, "--run.root=/tmp"),
+        ({"overrides": "trainer.max_steps=5"}, "trainer.max_steps=5"),
+    ],
+)
+def test_bad_inputs_are_rejected_before_any_gpu_time(kwargs, named, monkeypatch):
+    monkeypatch.chdir(PROJECT)
+    with pytest.raises(ValueError) as err:
+        modal_app.validate_request(**{"config": any_config(), **kwargs})
+    assert named in str(err.value)
+
+
+def test_good_inputs_become_a_request(monkeypatch):
+    monkeypatch.chdir(PROJECT / "configs")
+    name = Path(any_config()).name
+    request = modal_app.validate_request(
+        name, run_id="exp-1", overrides="--trainer.max_steps=5", gpu="h100:2", timeout_hours=6
+    )
+    assert request.config == f"configs/{name}"
+    assert request.overrides == ["--trainer.max_steps=5"]
+    assert (request.run_id, request.gpu, request.timeout_s) == ("exp-1", "h100:2", 6 * 3600)
+
+
+# --- Running in the container, locally -------------------------------------------------------
+
+
+# Function.local() warns that Volumes are not mounted locally: the fixture below stands in.
+local_volumes = pytest.mark.filterwarnings("ignore:The train function is executing locally")
+
+
+class FakeVolume:
+    def __init__(self):
+        self.commits = 0
+
+    def commit(self):
+        self.commits += 1
+
+
+@pytest.fixture
+def volumes(tmp_path, monkeypatch):
+    """Temporary folders for the Volumes, counting commits; kernel check recorded."""
+    mounts = modal_app.Mounts(
+        data=tmp_path / "data", runs=tmp_path / "runs", logs=tmp_path / "logs"
+    )
+    monkeypatch.setattr(modal_app, "MOUNTS", mounts)
+    runs, logs = FakeVolume(), FakeVolume()
+    monkeypatch.setattr(modal_app, "runs_volume", runs)
+    monkeypatch.setattr(modal_app, "logs_volume", logs)
+    policies = []
+
+    def check_kernels(policy="require"):
+        policies.append(policy)
+        return {"selective_scan": False, "causal_conv1d": False, "triton_ssd": False}
+
+    kernels = type(sys)(f"{PACKAGE}.kernels")
+    kernels.check_kernels = check_kernels
+    monkeypatch.setitem(sys.modules, f"{PACKAGE}.kernels", kernels)
+    return mounts, runs, policies
+
+
+def test_checkpoint_watcher_commits_each_new_last_ckpt(tmp_path):
+    commits = []
+    ckpt = tmp_path / "run-1" / "checkpoints" / "last.ckpt"
+    watcher = modal_app.CheckpointWatcher(tmp_path, lambda: commits.append(ckpt.read_bytes()), 0.05)
+    watcher.start()
+    try:
+        ckpt.parent.mkdir(parents=True)
+        for content in [b"step 1", b"step 2, longer"]:
+            ckpt.write_bytes(content)
+            deadline = time.monotonic() + 5
+            while (not commits or commits[-1] != content) and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        watcher.stopped.set()
+        watcher.join()
+    assert commits == [b"step 1", b"step 2, longer"]
+
+
+@local_volumes
+def test_failed_training_raises_so_modal_retries_and_still_commits(volumes, monkeypatch):
+    _, runs, policies = volumes
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    monkeypatch.setattr(modal_app, "fit_command", lambda *args: failing)
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        modal_app.train.local("configs/any.yaml", [], "run-1", "require")
+    assert policies == ["require"]
+    assert runs.commits == 1
+
+
+def test_sigterm_is_forwarded_to_the_training_process(volumes, monkeypatch):
+    child = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+        "time.sleep(30)\n"
+    )
+    monkeypatch.setattr(modal_app, "fit_command", lambda *args: [sys.executable, "-c", child])
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    assert modal_app.run_training("configs/any.yaml", [], "run-1", "off") == 7
+    assert time.monotonic() - started < 20
+
+
+def test_tensorboard_endpoint_serves_the_logs_folder(tmp_path):
+    from werkzeug.test import Client
+
+    client = Client(modal_app.tensorboard_app(tmp_path))
+    response = client.get("/data/environment")
+    assert response.status_code == 200
+    assert response.get_json()["data_location"] == str(tmp_path)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec(f"{PACKAGE}.cli") is None,
+    reason=f"{PACKAGE}.cli is not written yet; this test runs the real CLI",
+)
+@local_volumes
+def test_training_runs_locally_and_a_second_call_resumes(volumes, capfd):
+    mounts, runs, policies = volumes
+    config = any_config()
+    modal_app.train.local(config, TINY, "resume-test", "off")
+    ckpt = mounts.runs / "resume-test" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert list((mounts.logs / "resume-test").rglob("events.out.tfevents.*"))
+    capfd.readouterr()
+
+    more = [*TINY, "--trainer.max_steps=4"]
+    modal_app.train.local(config, more, "resume-test", "off")
+    output = "".join(capfd.readouterr())
+    assert "Restoring states from the checkpoint" in output
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
+    assert policies == ["off", "off"]
+    assert runs.commits >= 2
