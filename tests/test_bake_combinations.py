@@ -29,7 +29,7 @@ COMMON_FILES = {
     ".github/workflows/ci.yml",
     "README.md",
     "pyproject.toml",
-    "configs/selective_copying.yaml",
+    "configs/default.yaml",
     "docs/modal.md",
     "gpu_stack.toml",
     "modal_app.py",
@@ -43,15 +43,26 @@ COMMON_FILES = {
     "src/{pkg}/mixers.py",
     "src/{pkg}/module.py",
     "src/{pkg}/scan.py",
+    "tests/test_backbone.py",
     "tests/test_data.py",
+    "tests/test_gpu.py",
     "tests/test_modal_app.py",
+    "tests/test_scan.py",
+    "tests/test_training.py",
+    "benchmarks/scan_speed.py",
+    "benchmarks/demo_time.py",
+    "benchmarks/gpu_check.py",
+}
+TASK_FILES = {
+    "language_model": {"configs/induction_heads.yaml", "configs/text.yaml"},
+    "sequence_classification": {"configs/arrays.yaml"},
 }
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:
     """The exact set of files a bake with `answers` must contain."""
     package = answers.get("package_name", "mamba_project")
-    files = {path.format(pkg=package) for path in COMMON_FILES}
+    files = {path.format(pkg=package) for path in COMMON_FILES} | TASK_FILES[answers["task"]]
     if answers["license"] != "none":
         files.add("LICENSE")
     return files

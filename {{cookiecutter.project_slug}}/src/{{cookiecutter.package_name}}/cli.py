@@ -106,6 +106,8 @@ class MambaCLI(LightningCLI):
         callbacks = [
             self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
         ]
+        # Both checkpoint callbacks write last.ckpt (no -v1 copies): after each validation, and
+        # at least every `checkpoint_minutes` of training.
         callbacks += [
             ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -115,12 +117,14 @@ class MambaCLI(LightningCLI):
                 save_top_k=1,
                 save_last=True,
                 auto_insert_metric_name=False,
+                enable_version_counter=False,
             ),
             ModelCheckpoint(
                 dirpath=ckpt_dir,
                 save_top_k=0,
                 save_last=True,
                 train_time_interval=timedelta(minutes=minutes),
+                enable_version_counter=False,
             ),
             LearningRateMonitor(logging_interval="step"),
             ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),

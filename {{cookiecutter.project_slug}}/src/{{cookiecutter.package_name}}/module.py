@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig, InferenceParams
 from .kernels import check_kernels
+from .loss import IGNORE_INDEX, linear_cross_entropy
 
 Task = Literal["language_model", "sequence_classification"]
 
@@ -91,7 +92,7 @@ class MambaModule(L.LightningModule):
                     "auroc": torchmetrics.AUROC(kind, **args),
                 }
             )
-        self.train_metrics = metrics.clone(prefix="train/")
+        self.train_metrics = metrics.clone(prefix="train/")  # classification only
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
@@ -105,17 +106,24 @@ class MambaModule(L.LightningModule):
         pooled = hidden.mean(1) if self.hparams.pooling == "mean" else hidden[:, -1]
         return self.head(pooled)
 
-    def _step(self, batch, metrics: torchmetrics.MetricCollection) -> Tensor:
+    def _step(self, batch, metrics: torchmetrics.MetricCollection | None) -> Tensor:
         inputs, targets = batch
-        logits = self(inputs)
         stage = metrics.prefix.rstrip("/")
-        if self.hparams.task == "language_model":
-            logits = logits[..., : self.hparams.vocab_size].float()  # drop padded vocab rows
+        if self.hparams.task == "language_model" and stage == "train":
+            # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
+            hidden = self.backbone(inputs)  # (B, L, D)
+            weight = self.backbone.embedding.weight[: self.hparams.vocab_size]
+            loss, correct = linear_cross_entropy(hidden, weight, targets)
+            scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
+            self.log("train/acc", correct / scored, on_step=True, on_epoch=False)
+            metrics = None
+        elif self.hparams.task == "language_model":
+            logits = self(inputs)[..., : self.hparams.vocab_size].float()  # drop padded rows
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
             metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
             metrics["ppl"].update(logits, targets)
         else:
-            logits = logits.float()
+            logits = self(inputs).float()
             loss = F.cross_entropy(logits, targets)
             scores = logits.softmax(-1)
             metrics.update(scores[:, 1] if self.hparams.num_classes == 2 else scores, targets)
@@ -128,7 +136,8 @@ class MambaModule(L.LightningModule):
             prog_bar=True,
             batch_size=targets.shape[0],
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if metrics is not None:
+            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 
     # --------------------------------------------------------------------------- hooks

@@ -1,0 +1,71 @@
+"""Next-token loss over a large vocabulary without materialising the logits.
+
+For a 50k vocabulary, B=8 and L=2048, the float32 logits alone take 3.3 GB, and writing and
+re-reading them costs more time than several Mamba layers. `linear_cross_entropy` computes
+the head projection and the cross-entropy chunk by chunk of tokens, and produces the gradients
+of the hidden states and of the head weight in the same pass, so only one chunk of logits ever
+exists. The loss equals `F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int):
+        # hidden (N, D), weight (V, D) in its own dtype, targets (N,)
+        with_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        head = weight.to(hidden.dtype)  # the matmuls run in the hidden states' (autocast) dtype
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 in tests
+        n_scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        grad_hidden = torch.zeros_like(hidden) if with_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=acc) if with_grad else None
+        total = hidden.new_zeros((), dtype=acc)
+        correct = hidden.new_zeros((), dtype=torch.long)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]  # (n, D)
+            t = targets[start : start + chunk_size]  # (n,)
+            logits = (h @ head.T).to(acc)  # (n, V)
+            total += F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
+            correct += ((logits.argmax(-1) == t) & (t != IGNORE_INDEX)).sum()
+            if not with_grad:
+                continue
+            # d(sum CE)/d(logits) = softmax - one_hot, zero on ignored rows
+            grad = logits.softmax(-1)
+            scored = t != IGNORE_INDEX
+            grad[scored, t[scored]] -= 1
+            grad[~scored] = 0
+            grad = grad.to(hidden.dtype)
+            grad_hidden[start : start + chunk_size] = grad @ head
+            grad_weight += (grad.T @ h).to(acc)
+        if with_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), n_scored)
+        ctx.mark_non_differentiable(correct)
+        return total / n_scored, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_correct):
+        grad_hidden, grad_weight, n_scored = ctx.saved_tensors
+        scale = grad_loss / n_scored
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale, None, None
+
+
+def linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, and the number of hits.
+
+    hidden (..., D); weight (V, D); targets (...) with -100 for positions not scored.
+    Returns (loss, correct): the mean loss over scored positions and how many of them the
+    argmax predicts right (for accuracy), without keeping (..., V) logits alive.
+    """
+    if torch.is_autocast_enabled(hidden.device.type):
+        hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(
+            hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk_size
+        )

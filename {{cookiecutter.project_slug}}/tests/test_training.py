@@ -1,0 +1,192 @@
+"""The LightningModule and the CLI: every task trains, configs print, runs resume."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from {{ cookiecutter.package_name }}.backbone import BackboneConfig
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.loss import linear_cross_entropy
+from {{ cookiecutter.package_name }}.module import MambaModule, warmup_cosine
+
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGE = "{{ cookiecutter.package_name }}"
+TINY = [
+    "--model.backbone.impl=reference",
+    "--model.backbone.d_model=16",
+    "--model.backbone.n_layer=1",
+    "--model.backbone.d_state=8",
+    "--model.backbone.headdim=8",
+    "--model.backbone.chunk_size=16",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+LM_DATA = [
+    f"--data={PACKAGE}.data.SelectiveCopying",
+    "--data.seq_len=24",
+    "--data.num_tokens=4",
+    "--data.batch_size=4",
+    "--data.num_train_samples=64",
+    "--data.num_val_samples=8",
+]
+SERIES_DATA = [
+    f"--data={PACKAGE}.data.SyntheticSeries",
+    "--data.seq_len=48",
+    "--data.num_classes=2",
+    "--data.batch_size=4",
+    "--data.num_train_samples=32",
+    "--data.num_val_samples=8",
+]
+
+
+def tiny_lm(**kwargs) -> MambaModule:
+    torch.manual_seed(0)
+    config = BackboneConfig(impl="reference", d_model=16, n_layer=2, d_state=8, headdim=8)
+    return MambaModule(backbone=config, vocab_size=10, **kwargs)
+
+
+@pytest.mark.parametrize("data", [LM_DATA, SERIES_DATA], ids=["language_model", "classification"])
+@pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
+def test_fit_fast_dev_run_for_each_task(data, mixer, tmp_path):
+    cli = main(
+        [
+            "fit",
+            *TINY,
+            *data,
+            f"--model.backbone.mixer={mixer}",
+            "--trainer.fast_dev_run=2",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    assert cli.trainer.state.finished
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert cli.model.hparams.task == cli.datamodule.task
+
+
+def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
+    cli = main(
+        [
+            "fit",
+            *TINY,
+            *LM_DATA,
+            "--trainer.max_steps=6",
+            "--trainer.val_check_interval=3",
+            "--trainer.log_every_n_steps=1",
+            "--run.id=demo",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    checkpoints = tmp_path / "demo" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    metrics = cli.trainer.callback_metrics
+    for name in ("train/loss", "val/loss", "val/acc", "val/ppl"):
+        assert name in metrics, name
+    events = list((tmp_path / "demo").glob("events.out.tfevents.*"))
+    assert events, "TensorBoard event file missing"
+
+
+def test_a_second_start_with_the_same_run_id_resumes(tmp_path):
+    args = ["fit", *TINY, *LM_DATA, "--run.id=resume", f"--run.root={tmp_path}"]
+    main([*args, "--trainer.max_steps=4", "--trainer.val_check_interval=2"])
+    last = tmp_path / "resume" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    cli = main([*args, "--trainer.max_steps=8", "--trainer.val_check_interval=2"])
+    assert cli.trainer.global_step == 8
+    assert cli.config_init.fit.ckpt_path == str(last)
+
+
+def test_run_id_is_derived_from_the_config_and_stable(tmp_path):
+    first = main(["fit", *TINY, *LM_DATA, "--trainer.fast_dev_run=1", f"--run.root={tmp_path}"])
+    second = main(["fit", *TINY, *LM_DATA, "--trainer.fast_dev_run=1", f"--run.root={tmp_path}"])
+    other = main(
+        [
+            "fit",
+            *TINY,
+            *LM_DATA,
+            "--data.seq_len=30",
+            "--trainer.fast_dev_run=1",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    assert first.run_id == second.run_id != other.run_id
+
+
+@pytest.mark.parametrize(
+    "config", sorted((PROJECT / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_print_config_shows_every_shipped_config(config):
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE, "fit", "--config", str(config), "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        check=True,
+    )
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["backbone"]["mixer"] in ("Mamba1", "Mamba2")
+    assert printed["data"]["class_path"].startswith(f"{PACKAGE}.data.")
+    assert printed["trainer"]["gradient_clip_val"] == 1.0
+
+
+def test_optimizer_skips_decay_for_marked_params_norms_and_biases():
+    model = tiny_lm(weight_decay=0.1)
+    model.trainer = type("T", (), {"estimated_stepping_batches": 100})()
+    optimizer = model.configure_optimizers()["optimizer"]
+    decay, no_decay = (group["params"] for group in optimizer.param_groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)].split(".")[-1] for p in no_decay}
+    assert (
+        {"A_log", "D", "dt_bias", "weight", "bias"} >= no_decay_names >= {"A_log", "D", "dt_bias"}
+    )
+    assert all(p.ndim >= 2 for p in decay)
+    assert all(not getattr(p, "_no_weight_decay", False) for p in decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine_schedule():
+    factor = warmup_cosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert factor(0) == pytest.approx(0.1)
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55)
+    assert factor(110) == pytest.approx(0.1)
+
+
+def test_generate_is_greedy_decoding_of_the_parallel_forward():
+    model = tiny_lm().eval()
+    prompt = torch.randint(0, 10, (2, 7))
+    out = model.generate(prompt, max_new_tokens=6)
+    assert out.shape == (2, 13)
+    assert torch.equal(out[:, :7], prompt)
+    logits = model(out)[..., :10]
+    torch.testing.assert_close(out[:, 7:], logits[:, 6:-1].argmax(-1), rtol=0, atol=0)
+
+
+def test_model_refuses_a_task_without_its_data_sizes():
+    with pytest.raises(ValueError, match="task=language_model needs a vocab_size, got None"):
+        MambaModule(task="language_model")
+    with pytest.raises(ValueError, match="model.lr=-0.1 must be > 0"):
+        MambaModule(vocab_size=10, lr=-0.1)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 64])
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(chunk_size):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 11, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.randint(0, 13, (3, 11), generator=g)
+    targets[0, :4] = -100
+    loss, correct = linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
+    logits = hidden @ weight.T
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, expected)
+    scored = targets != -100
+    assert correct == (logits.argmax(-1)[scored] == targets[scored]).sum()
+    grads = torch.autograd.grad(2.5 * loss, (hidden, weight))
+    expected_grads = torch.autograd.grad(2.5 * expected, (hidden, weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
