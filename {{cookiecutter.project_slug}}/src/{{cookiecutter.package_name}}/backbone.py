@@ -90,6 +90,10 @@ class BackboneConfig:
         return cfg
 
 
+# Checkpoints store the config in their hyperparameters; allow it under torch.load(weights_only).
+torch.serialization.add_safe_globals([BackboneConfig])
+
+
 @dataclass
 class InferenceParams:
     """Recurrent state for token-by-token decoding; works with both implementations."""

@@ -8,7 +8,6 @@ exists. The loss equals `F.cross_entropy(hidden @ weight.T, targets, ignore_inde
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100
@@ -29,17 +28,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]  # (n, D)
             t = targets[start : start + chunk_size]  # (n,)
+            scored = (t != IGNORE_INDEX).unsqueeze(-1)  # (n, 1)
+            target = t.clamp(min=0).unsqueeze(-1)  # (n, 1), any valid id on ignored rows
             logits = (h @ head.T).to(acc)  # (n, V)
-            total += F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
-            correct += ((logits.argmax(-1) == t) & (t != IGNORE_INDEX)).sum()
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+            total += ((lse - logits.gather(-1, target)) * scored).sum()
+            correct += ((logits.argmax(-1, keepdim=True) == target) & scored).sum()
             if not with_grad:
                 continue
-            # d(sum CE)/d(logits) = softmax - one_hot, zero on ignored rows
-            grad = logits.softmax(-1)
-            scored = t != IGNORE_INDEX
-            grad[scored, t[scored]] -= 1
-            grad[~scored] = 0
-            grad = grad.to(hidden.dtype)
+            # d(sum CE)/d(logits) = softmax - one_hot(target), zero on ignored rows; computed
+            # in place and without boolean indexing, which would synchronise with the GPU
+            grad = logits.sub_(lse).exp_()
+            grad.scatter_add_(-1, target, -torch.ones_like(lse))
+            grad = grad.mul_(scored).to(hidden.dtype)
             grad_hidden[start : start + chunk_size] = grad @ head
             grad_weight += (grad.T @ h).to(acc)
         if with_grad:

@@ -22,6 +22,11 @@ from torch import Tensor, nn
 from .scan import selective_scan, selective_state_step, ssd_scan, ssd_state_step
 
 
+def _up(t: Tensor) -> Tensor:
+    """At least float32: half precision goes up, float64 (used by precision checks) stays."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with mamba-ssm's fused-add calling convention.
 
@@ -38,10 +43,10 @@ class RMSNorm(nn.Module):
     def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
         if residual is not None:
             x = x + residual
-        residual = x.float() if residual_in_fp32 else x
-        xf = x.float()
+        residual = _up(x) if residual_in_fp32 else x
+        xf = _up(x)
         out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        out = (out * self.weight.float()).to(x.dtype)
+        out = (out * _up(self.weight)).to(x.dtype)
         return (out, residual) if prenorm else out
 
 
@@ -67,10 +72,10 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         dtype = y.dtype
-        y = y.float() * F.silu(z.float())  # (B, L, D)
+        y = _up(y) * F.silu(_up(z))  # (B, L, D)
         groups = y.unflatten(-1, (-1, self.group_size))  # (B, L, G, D/G)
         groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)
-        return (groups.flatten(-2) * self.weight.float()).to(dtype)
+        return (groups.flatten(-2) * _up(self.weight)).to(dtype)
 
 
 class GatedMLP(nn.Module):
@@ -263,21 +268,21 @@ class Mamba(_Mixer):
     def _ssm_inputs(self, x: Tensor):
         """x (..., d_inner) -> dt (..., d_inner) after softplus, B and C (..., d_state)."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())
+        dt = F.softplus(_up(F.linear(dt, self.dt_proj.weight)) + _up(self.dt_proj.bias))
         return dt, B, C
 
     def _forward(self, u, conv_state, ssm_state):
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each
         x = _causal_conv(x, self.conv1d, conv_state)
         dt, B, C = self._ssm_inputs(x)
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        A = -torch.exp(_up(self.A_log))  # (d_inner, d_state)
         y = selective_scan(
             x,
             dt,
             A,
             B,
             C,
-            self.D.float(),
+            _up(self.D),
             z=z,
             return_final_state=ssm_state is not None,
         )
@@ -291,12 +296,10 @@ class Mamba(_Mixer):
         x, z = self.in_proj(u.squeeze(1)).chunk(2, dim=-1)  # (B, d_inner)
         x = _causal_conv_step(x, self.conv1d, conv_state)
         dt, B, C = self._ssm_inputs(x)
-        A = -torch.exp(self.A_log.float())
-        y, state = selective_state_step(
-            ssm_state.float(), x.float(), dt, A, B.float(), C.float(), self.D.float()
-        )
+        A = -torch.exp(_up(self.A_log))
+        y, state = selective_state_step(_up(ssm_state), _up(x), dt, A, _up(B), _up(C), _up(self.D))
         ssm_state.copy_(state)
-        y = (y * F.silu(z.float())).to(u.dtype)
+        y = (y * F.silu(_up(z))).to(u.dtype)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
@@ -423,15 +426,15 @@ class Mamba2(_Mixer):
         xBC = _causal_conv(xBC, self.conv1d, conv_state)
         gn = self.ngroups * self.d_state
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, L, H)
-        A = -torch.exp(self.A_log.float())  # (H,)
+        dt = F.softplus(_up(dt) + _up(self.dt_bias))  # (B, L, H)
+        A = -torch.exp(_up(self.A_log))  # (H,)
         y = ssd_scan(
             x.unflatten(-1, (self.nheads, self.headdim)),
             dt,
             A,
             B.unflatten(-1, (self.ngroups, self.d_state)),
             C.unflatten(-1, (self.ngroups, self.d_state)),
-            D=self.D.float(),
+            D=_up(self.D),
             chunk_size=self.chunk_size,
             return_final_state=ssm_state is not None,
         )
@@ -446,17 +449,17 @@ class Mamba2(_Mixer):
         z, xBC, dt = self._split(self.in_proj(u.squeeze(1)))
         xBC = _causal_conv_step(xBC, self.conv1d, conv_state)
         gn = self.ngroups * self.d_state
-        x, B, C = xBC.float().split([self.d_inner, gn, gn], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # (B, H)
-        A = -torch.exp(self.A_log.float())
+        x, B, C = _up(xBC).split([self.d_inner, gn, gn], dim=-1)
+        dt = F.softplus(_up(dt) + _up(self.dt_bias))  # (B, H)
+        A = -torch.exp(_up(self.A_log))
         y, state = ssd_state_step(
-            ssm_state.float(),
+            _up(ssm_state),
             x.unflatten(-1, (self.nheads, self.headdim)),
             dt,
             A,
             B.unflatten(-1, (self.ngroups, self.d_state)),
             C.unflatten(-1, (self.ngroups, self.d_state)),
-            self.D.float(),
+            _up(self.D),
         )
         ssm_state.copy_(state)
         y = self.norm(y.flatten(-2).to(u.dtype), z)

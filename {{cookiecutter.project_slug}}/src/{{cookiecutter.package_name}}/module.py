@@ -174,7 +174,8 @@ class MambaModule(L.LightningModule):
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
+        # fused AdamW on a GPU, unless a loss scaler (16-mixed) must unscale before clipping
+        fused = self.device.type == "cuda" and _loss_scaler(self.trainer) is None
         optimizer = torch.optim.AdamW(
             groups, lr=self.hparams.lr, betas=self.hparams.betas, fused=fused
         )
@@ -185,6 +186,23 @@ class MambaModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        """Clip directly when no loss scaler is involved (32-true, bf16-mixed).
+
+        Lightning refuses to clip under mixed precision with a fused optimizer, because with a
+        float16 loss scaler the gradients would still be scaled. bf16 has no scaler, so the
+        gradients are final here and clipping them is exact.
+        """
+        if gradient_clip_val and _loss_scaler(self.trainer) is None:
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -228,6 +246,10 @@ class MambaModule(L.LightningModule):
         hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         config = replace(hparams["hyper_parameters"]["backbone"], impl=impl)
         return cls.load_from_checkpoint(checkpoint_path, backbone=config, **kwargs)
+
+
+def _loss_scaler(trainer):
+    return getattr(trainer.precision_plugin, "scaler", None)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

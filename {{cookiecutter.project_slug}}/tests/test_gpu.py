@@ -1,0 +1,90 @@
+"""On a CUDA GPU with mamba-ssm: the fused kernels are active and the twin matches them.
+
+Skipped cleanly elsewhere. benchmarks/gpu_check.py runs the full parity grid and the timings.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.backbone import Backbone, BackboneConfig, resolve_impl
+from {{ cookiecutter.package_name }}.kernels import check_kernels
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm (the GPU stack)"
+    ),
+]
+
+
+def config(mixer, impl, **overrides):
+    d_state = 16 if mixer == "Mamba1" else 64
+    return BackboneConfig(
+        impl=impl,
+        mixer=mixer,
+        d_model=128,
+        n_layer=2,
+        d_state=d_state,
+        headdim=32,
+        chunk_size=64,
+        **overrides,
+    )
+
+
+def test_every_fast_path_is_active():
+    assert check_kernels("require") == {
+        "selective_scan": True,
+        "causal_conv1d": True,
+        "triton_ssd": True,
+    }
+
+
+def test_auto_picks_fused_on_a_gpu():
+    assert resolve_impl("auto") == "fused"
+
+
+@pytest.mark.parametrize("mixer,tolerance", [("Mamba1", 1e-4), ("Mamba2", 1e-3)])
+@pytest.mark.parametrize("d_intermediate", [0, 256])
+def test_reference_matches_fused_outputs_and_gradients(mixer, tolerance, d_intermediate):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    fused = Backbone(config(mixer, "fused", d_intermediate=d_intermediate), 512).cuda()
+    reference = Backbone(config(mixer, "reference", d_intermediate=d_intermediate), 512).cuda()
+    reference.load_state_dict(fused.state_dict(), strict=True)
+    ids = torch.randint(0, 512, (2, 257), device="cuda")
+    weight = torch.randn(2, 257, 128, device="cuda")
+    outs, grads = [], []
+    for model in (fused, reference):
+        out = model(ids)
+        (out * weight).sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(outs[0], outs[1]) <= tolerance
+    for name in grads[1]:
+        assert rel(grads[0][name], grads[1][name]) <= tolerance, name
+
+
+@pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
+def test_recurrent_decoding_with_fused_kernels_matches_reference(mixer):
+    from {{ cookiecutter.package_name }}.backbone import InferenceParams
+
+    torch.manual_seed(0)
+    fused = Backbone(config(mixer, "fused"), 512).cuda().eval()
+    reference = Backbone(config(mixer, "reference"), 512).cuda().eval()
+    reference.load_state_dict(fused.state_dict(), strict=True)
+    ids = torch.randint(0, 512, (2, 12), device="cuda")
+    with torch.no_grad():
+        outs = []
+        for model in (fused, reference):
+            params = InferenceParams(max_seqlen=12, max_batch_size=2)
+            steps = [model(ids[:, :6], inference_params=params)]
+            for t in range(6, 12):
+                params.seqlen_offset = t
+                steps.append(model(ids[:, t : t + 1], inference_params=params))
+            outs.append(torch.cat(steps, 1))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
