@@ -40,6 +40,7 @@ COMMON_FILES = {
     "src/{pkg}/cli.py",
     "src/{pkg}/data.py",
     "src/{pkg}/kernels.py",
+    "src/{pkg}/loss.py",
     "src/{pkg}/mixers.py",
     "src/{pkg}/module.py",
     "src/{pkg}/scan.py",
@@ -52,6 +53,9 @@ COMMON_FILES = {
     "benchmarks/scan_speed.py",
     "benchmarks/demo_time.py",
     "benchmarks/gpu_check.py",
+    "benchmarks/results/gpu_check.json",
+    "benchmarks/results/scan_speed.json",
+    ".gitignore",
 }
 TASK_FILES = {
     "language_model": {"configs/induction_heads.yaml", "configs/text.yaml"},
