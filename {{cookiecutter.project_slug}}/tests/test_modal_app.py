@@ -29,9 +29,9 @@ if str(PROJECT) not in sys.path:  # modal_app.py sits at the project root, next 
 modal_app = importlib.import_module("modal_app")
 
 PACKAGE = "{{ cookiecutter.package_name }}"
-SLUG = "mamba-project"
-BAKED_GPU = "A100-80GB"
-PYTHON = "3.12"
+SLUG = "{{ cookiecutter.project_slug }}"
+BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
+PYTHON = "{{ cookiecutter.python_version }}"
 BUILDER_VERSIONS = ["2025.06", "2026.10"]
 STACK = tomllib.loads((PROJECT / "gpu_stack.toml").read_text(encoding="utf-8"))
 
