@@ -402,7 +402,7 @@ def test_tensorboard_endpoint_serves_the_logs_folder(tmp_path):
 @local_volumes
 def test_training_runs_locally_and_a_second_call_resumes(volumes, capfd):
     mounts, runs, policies = volumes
-    config = any_config()
+    config = "configs/default.yaml"  # the demo config: its data is generated, no file needed
     modal_app.train.local(config, TINY, "resume-test", "off")
     ckpt = mounts.runs / "resume-test" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
