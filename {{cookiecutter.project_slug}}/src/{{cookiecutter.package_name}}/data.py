@@ -67,7 +67,7 @@ class SeededDataset(Dataset):
 
 
 class _DataModule(LightningDataModule):
-    """Shared plumbing: argument checks, the contract's attributes and the DataLoaders."""
+    """Shared plumbing: argument checks, the attributes the model reads and the DataLoaders."""
 
     task: str
 
