@@ -55,13 +55,18 @@ def _probe(name: str) -> str | None:
     return None
 
 
+def probe_all() -> dict[str, str | None]:
+    """Each fast path -> None when it works, else why not."""
+    return {name: _probe(name) for name in FAST_PATHS}
+
+
 def check_kernels(policy: str = "require") -> dict[str, bool]:
     """Report the fast paths. Policy: require (raise if one is missing), warn (log), off."""
     if policy not in ("require", "warn", "off"):
         raise ValueError(f"kernels={policy!r} is unknown; use require, warn or off")
     if policy == "off":
         return {}
-    problems = {name: _probe(name) for name in FAST_PATHS}
+    problems = probe_all()
     for name, problem in problems.items():
         state = "active" if problem is None else f"MISSING ({problem})"
         log.info("fast path %-14s %s", name, state)
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Report which fused Mamba kernels are active.")
     parser.add_argument("--require", action="store_true", help="exit 1 if any is missing")
     args = parser.parse_args(argv)
-    problems = {name: _probe(name) for name in FAST_PATHS}
+    problems = probe_all()
     for name, problem in problems.items():
         print(f"{name:15s} {'active' if problem is None else 'missing: ' + problem}")
     return 1 if args.require and any(problems.values()) else 0
