@@ -10,7 +10,7 @@ exists. The loss equals `F.cross_entropy(hidden @ weight.T, targets, ignore_inde
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -21,8 +21,9 @@ import torchmetrics
 from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig, InferenceParams
+from .data import IGNORE_INDEX
 from .kernels import check_kernels
-from .loss import IGNORE_INDEX, linear_cross_entropy
+from .loss import linear_cross_entropy
 
 Task = Literal["language_model", "sequence_classification"]
 
@@ -74,9 +75,9 @@ class MambaModule(L.LightningModule):
             metrics = torchmetrics.MetricCollection(
                 {
                     "acc": torchmetrics.Accuracy(
-                        "multiclass", num_classes=vocab_size, ignore_index=-100
+                        "multiclass", num_classes=vocab_size, ignore_index=IGNORE_INDEX
                     ),
-                    "ppl": torchmetrics.text.Perplexity(ignore_index=-100),
+                    "ppl": torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX),
                 }
             )
         else:
@@ -119,7 +120,9 @@ class MambaModule(L.LightningModule):
             metrics = None
         elif self.hparams.task == "language_model":
             logits = self(inputs)[..., : self.hparams.vocab_size].float()  # drop padded rows
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
+            )
             metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
             metrics["ppl"].update(logits, targets)
         else:
