@@ -82,7 +82,11 @@ def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
         ]
     )
     checkpoints = tmp_path / "demo" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+        "previous.ckpt",  # the last.ckpt before the final one
+    ]
     metrics = cli.trainer.callback_metrics
     for name in ("train/loss", "val/loss", "val/acc", "val/ppl"):
         assert name in metrics, name

@@ -24,7 +24,7 @@ from . import mixers
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackboneConfig:
     """Shape of the backbone. Defaults match mamba-ssm's mixers; configs override them."""
 

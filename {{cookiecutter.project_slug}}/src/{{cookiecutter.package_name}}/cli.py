@@ -9,61 +9,30 @@ Every run has an id (`--run.id`, or one derived from the config) and lives in
 restart never silently begins from scratch.
 """
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass
+import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from .module import MambaModule
-
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-@dataclass
-class RunConfig:
-    """Where a run lives and how often it checkpoints.
-
-    Args:
-        id: stable name of the run; default: config file name + hash of model/data/seed.
-        root: checkpoints go to <root>/<id>/checkpoints.
-        log_root: TensorBoard logs go to <log_root>/<id>; default: root.
-        checkpoint_minutes: write last.ckpt at least this often while training.
-    """
-
-    id: str | None = None
-    root: str = "runs"
-    log_root: str | None = None
-    checkpoint_minutes: float = 10.0
-
-    def __post_init__(self):
-        if self.id is not None and not RUN_ID.fullmatch(self.id):
-            raise ValueError(
-                f"run.id={self.id!r} may hold only letters, digits, '.', '_' and '-' (at most "
-                "128, starting with a letter or digit); it names a directory. Pick such a name."
-            )
-        if not self.checkpoint_minutes > 0:
-            raise ValueError(f"run.checkpoint_minutes={self.checkpoint_minutes} must be > 0")
-
-
-def derive_run_id(config) -> str:
-    """<config stem>-<8 hex>: the same experiment config gives the same id on every start."""
-    configs = config.get("config") or []
-    stem = Path(str(configs[-1])).stem if configs else "run"
-    experiment = {}
-    for key in ("model", "data", "seed_everything"):
-        value = config.get(key)
-        experiment[key] = value.as_dict() if hasattr(value, "as_dict") else value
-    digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
-    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem)}-{digest.hexdigest()[:8]}"
-
+from .runs import (
+    LAST,
+    AtomicCheckpointIO,
+    ContinueTensorBoard,
+    Interrupted,
+    RunConfig,
+    LastCheckpoint,
+    derive_run_id,
+    resume_checkpoint,
+)
 
 def default_precision() -> str:
     """bf16-mixed on a GPU that has bf16, else full fp32."""
@@ -96,18 +65,28 @@ class MambaCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         run_id, run_dir, log_dir = self._run_paths()
         self.run_id, self.run_dir = run_id, run_dir
+        ckpt_dir = run_dir / "checkpoints"
+        self.resume_from = None
+        if self.subcommand == "fit" and config.get("ckpt_path") is None:
+            self.resume_from = resume_checkpoint(ckpt_dir)
         if trainer_config.get("precision") is None:
             trainer_config["precision"] = default_precision()
         trainer_config.setdefault("default_root_dir", str(run_dir))
         if trainer_config.get("logger") in (None, True):
+            # A fixed folder per run id (no version_N): a resumed run appends to the same run.
             trainer_config["logger"] = TensorBoardLogger(save_dir=str(log_dir), name="", version="")
-        ckpt_dir = run_dir / "checkpoints"
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer_config["plugins"] = plugins
         minutes = config.run.checkpoint_minutes
         callbacks = [
             self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
         ]
-        # Both checkpoint callbacks write last.ckpt (no -v1 copies): after each validation, and
-        # at least every `checkpoint_minutes` of training.
+        # last.ckpt is written at least every `checkpoint_minutes` of training (Lightning's
+        # time-based checkpoint), and by LastCheckpoint after each validation, at the end and
+        # on SIGINT/SIGTERM. No -v1 copies: a restart overwrites the same files.
         callbacks += [
             ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -115,7 +94,6 @@ class MambaCLI(LightningCLI):
                 monitor="val/acc",
                 mode="max",
                 save_top_k=1,
-                save_last=True,
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
             ),
@@ -126,27 +104,66 @@ class MambaCLI(LightningCLI):
                 train_time_interval=timedelta(minutes=minutes),
                 enable_version_counter=False,
             ),
+            LastCheckpoint(ckpt_dir / LAST),
+            ContinueTensorBoard(),
             LearningRateMonitor(logging_interval="step"),
             ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),
         ]
         return self._instantiate_trainer(trainer_config, callbacks)
 
     def before_fit(self):
-        fit = self.config_init.fit
-        last = self.run_dir / "checkpoints" / "last.ckpt"
-        if fit.get("ckpt_path") is None and last.is_file():
-            print(f"run {self.run_id}: resuming from {last}")
-            fit["ckpt_path"] = str(last)
+        given = self.config_init.fit.get("ckpt_path")
+        special = given in ("last", "best", "hpc", "registry") or "://" in str(given)
+        if given is not None and not special and not Path(given).is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path={given}: no such file. Leave --ckpt_path out to resume this "
+                f"run's own last.ckpt (run id {self.run_id}), or give an existing .ckpt file."
+            )
+        if self.resume_from is not None:
+            rank_zero_info(f"run {self.run_id}: resuming from {self.resume_from}")
+            self.config_init.fit["ckpt_path"] = str(self.resume_from)
         else:
-            print(f"run {self.run_id}: writing to {self.run_dir}")
+            rank_zero_info(f"run {self.run_id}: writing to {self.run_dir}")
+
+
+def input_error(err: BaseException) -> str | None:
+    """The message of a bad input, or None for anything else (which keeps its traceback).
+
+    A bad input is a missing file, or an error raised by this package's own argument checks,
+    which LightningCLI and jsonargparse wrap in a few layers of their own.
+    """
+    while (inner := err.__cause__ or err.__context__) is not None:
+        err = inner
+    if isinstance(err, FileNotFoundError):
+        return str(err)
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = frames and Path(frames[-1].filename).parent == Path(__file__).parent
+    if ours and isinstance(err, ValueError | TypeError | RuntimeError):
+        return str(err)
+    return None
 
 
 def main(args: list[str] | None = None) -> MambaCLI:
-    return MambaCLI(
-        MambaModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    """Run the command line.
+
+    Exit codes: 2 for a bad input (one line on stderr says which and what to do), 128 + the
+    signal number for a run stopped by SIGINT/SIGTERM after saving last.ckpt.
+    """
+    try:
+        return MambaCLI(
+            MambaModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            auto_configure_optimizers=False,
+        )
+    except Interrupted as stop:
+        rank_zero_info(f"{stop}; start the same command again to resume")
+        raise SystemExit(stop.exit_code) from None
+    except Exception as err:
+        message = input_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -25,6 +25,7 @@ import codecs
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,12 +34,16 @@ import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import Dataset, DistributedSampler, TensorDataset, default_collate
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 IGNORE_INDEX = -100  # targets with this value are not scored (torch's cross-entropy default)
 SPLITS = {"train": 0, "val": 1}  # the split's part of every synthetic sample's seed
 
 Sample = tuple[Tensor, Tensor]
+
+# torchdata 0.11 calls a torch function that newer torch marks deprecated, once per loader.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def _collate(samples: list[Sample]) -> Sample:
@@ -92,27 +97,41 @@ class _DataModule(LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         raise NotImplementedError
 
-    def loader(self, split: str) -> DataLoader:
-        # Reseeded per epoch so that reloading the loaders each epoch still reshuffles.
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
+    def loader(self, split: str) -> StatefulDataLoader:
+        # The sampler, not Lightning, splits the data across DDP ranks, in every run: the order
+        # is a permutation drawn from (seed, epoch) and rank r takes every world_size-th index
+        # of it, so N processes with batch B see the samples one process sees with batch N*B.
+        # The StatefulDataLoader records how many batches of the epoch were used; Lightning
+        # stores that in checkpoints, so a resumed run continues with the batch it would have
+        # seen next instead of restarting the epoch.
+        trainer = self.trainer
+        dataset = self.dataset(split)
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
             shuffle=split == "train",
-            generator=torch.Generator().manual_seed(self.seed + epoch),
+            seed=self.seed,
+        )
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)  # Lightning sets it again each epoch
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=_collate,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self.loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self.loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self.loader("val")
 
 

@@ -45,7 +45,7 @@ class MambaModule(L.LightningModule):
     def __init__(
         self,
         task: Task = "language_model",
-        backbone: BackboneConfig | None = None,
+        backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 (frozen: safe to share)
         vocab_size: int | None = None,
         num_channels: int | None = None,
         num_classes: int | None = None,
@@ -58,7 +58,6 @@ class MambaModule(L.LightningModule):
         kernels: Literal["require", "warn", "off"] = "require",
     ):
         super().__init__()
-        backbone = backbone or BackboneConfig()
         _check_hyperparameters(
             task,
             vocab_size,

@@ -1,0 +1,232 @@
+"""How a run survives: stable run directories, atomic checkpoints, resume, a clean stop on signals.
+
+A run lives in `<run.root>/<id>/` and its checkpoints in `checkpoints/` there:
+
+    last.ckpt       the newest state, written at least every `run.checkpoint_minutes`
+    previous.ckpt   the last.ckpt before it: the fallback if last.ckpt is ever unreadable
+    best.ckpt       the best validation accuracy so far
+
+Every file is written to `<name>.tmp`, flushed to disk, then renamed over `<name>`: a rename
+is atomic, so a kill at any moment leaves either the old or the new file, never half of one.
+On SIGINT (Ctrl-C, Modal's preemption notice) or SIGTERM the run finishes its current
+optimizer step, writes last.ckpt and exits with 128 + the signal number, so a platform that
+retries non-zero exits (Modal does) starts it again, and the restart resumes.
+"""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.fabric.plugins.io import TorchCheckpointIO
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives and how often it checkpoints.
+
+    Args:
+        id: stable name of the run; default: config file name + hash of model/data/seed.
+        root: checkpoints go to <root>/<id>/checkpoints.
+        log_root: TensorBoard logs go to <log_root>/<id>; default: root.
+        checkpoint_minutes: write last.ckpt at least this often while training.
+    """
+
+    id: str | None = None
+    root: str = "runs"
+    log_root: str | None = None
+    checkpoint_minutes: float = 10.0
+
+    def __post_init__(self):
+        if self.id is not None and not RUN_ID.fullmatch(self.id):
+            raise ValueError(
+                f"run.id={self.id!r} may hold only letters, digits, '.', '_' and '-' (at most "
+                "128, starting with a letter or digit); it names a directory. Pick such a name."
+            )
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(
+                f"run.checkpoint_minutes={self.checkpoint_minutes} must be > 0, e.g. 10"
+            )
+
+
+def derive_run_id(config) -> str:
+    """<config stem>-<8 hex>: the same experiment config gives the same id on every start."""
+    configs = config.get("config") or []
+    stem = Path(str(configs[-1])).stem if configs else "run"
+    experiment = {}
+    for key in ("model", "data", "seed_everything"):
+        value = config.get(key)
+        experiment[key] = value.as_dict() if hasattr(value, "as_dict") else value
+    digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem)}-{digest.hexdigest()[:8]}"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to `<name>.tmp`, fsync, rename over `<name>`; last.ckpt's old copy is kept."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path):  # object stores have their own atomic uploads
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.name == LAST and path.exists():
+            os.replace(path, path.with_name(PREVIOUS))
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:  # make the renames themselves durable
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def unreadable(path: Path) -> str | None:
+    """Why `path` is not a complete Lightning checkpoint, or None if it is one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, bad pickle, I/O error: all mean unusable
+        return f"{type(err).__name__}: {err}"
+    missing = {"state_dict", "global_step", "loops", "optimizer_states"} - set(state)
+    return f"missing {sorted(missing)}" if missing else None
+
+
+def resume_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest readable checkpoint of a run: last.ckpt, else previous.ckpt, else None.
+
+    Raises RuntimeError when checkpoints exist but none can be read: starting over would
+    silently throw the run away.
+    """
+    found = [checkpoints / name for name in (LAST, PREVIOUS) if (checkpoints / name).is_file()]
+    problems = []
+    for path in found:
+        problem = unreadable(path)
+        if problem is None:
+            if problems:
+                warnings.warn(f"{problems[0]}; resuming from {path} instead", stacklevel=2)
+            return path
+        problems.append(f"{path} is unreadable ({problem})")
+    if problems:
+        raise RuntimeError(
+            "; ".join(problems) + ". Resume from another file with --ckpt_path=<file>, or "
+            "start afresh under a new --run.id (or delete the folder)."
+        )
+    return None
+
+
+class ContinueTensorBoard(Callback):
+    """A resumed run continues its TensorBoard curves instead of drawing over them.
+
+    A killed attempt may have logged steps after its last checkpoint; the resumed run logs
+    those steps again. TensorBoard drops earlier events from the step of a START marker on,
+    so one marker at the first step the resumed run logs leaves a single, continuous curve.
+    """
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.pending = trainer.ckpt_path is not None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs at
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
+                logger.experiment.file_writer.add_event(marker)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing last.ckpt."""
+
+    def __init__(self, signum: int, checkpoint: Path):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "killed by this signal"
+
+
+class LastCheckpoint(Callback):
+    """Keeps last.ckpt current: after each validation, at the end of `fit`, and on a signal.
+
+    Lightning's time-based checkpoint (`run.checkpoint_minutes`) covers the time in between.
+    On SIGINT/SIGTERM the handler only records the signal; after the optimizer step the
+    checkpoint is written and Interrupted is raised when the next batch starts, so the
+    finished step's metrics are logged (and a validation due at that step has run) as in an
+    uninterrupted run. Under DDP the ranks agree on the decision (one small all-reduce per
+    step) because saving a checkpoint is collective. A second Ctrl-C stops at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.received = self.stop = 0
+        self.saved_step = -1
+        self.previous = {}
+
+    def save(self, trainer) -> None:
+        if self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)
+            self.saved_step = trainer.global_step
+
+    def handle(self, signum, _frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit)")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Registered here, after Lightning's own SIGTERM handler, which it replaces.
+        self.received = self.stop = 0
+        try:
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave signals alone
+            self.previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.previous or self.stop or trainer.fit_loop._should_accumulate():
+            return
+        signum = self.received
+        if trainer.world_size > 1:
+            flag = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if signum:
+            self.save(trainer)
+            self.stop = signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.stop:
+            raise Interrupted(self.stop, self.path)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.restore()
+        self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}

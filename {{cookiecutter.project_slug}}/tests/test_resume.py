@@ -1,0 +1,284 @@
+"""Nothing is lost: kill -9, Ctrl-C/SIGTERM, damaged checkpoints and bad inputs.
+
+The kill tests start `python -m {{ cookiecutter.package_name }} fit` as a real process, stop it at
+a random moment after it wrote a checkpoint, start the same command again, and compare the
+finished run with one that was never interrupted: weights, optimizer-driven training curve and
+validation metrics must be identical, which also proves that the resumed run saw the same
+batches (data order and position restored) and that TensorBoard continued the same curve.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.data import SelectiveCopying
+from {{ cookiecutter.package_name }}.runs import LAST, PREVIOUS, AtomicCheckpointIO
+
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGE = "{{ cookiecutter.package_name }}"
+MAX_STEPS = 200
+# Tiny and deterministic on CPU (~1 s of training): 24 batches per epoch, so a run crosses
+# epoch boundaries and is stopped both mid-epoch and between epochs.
+FIT = [
+    "fit",
+    "--seed_everything=0",
+    "--model.backbone.impl=reference",
+    "--model.backbone.d_model=16",
+    "--model.backbone.n_layer=1",
+    "--model.backbone.d_state=8",
+    "--model.backbone.headdim=8",
+    "--model.backbone.chunk_size=8",
+    "--model.warmup_steps=10",
+    f"--data={PACKAGE}.data.SelectiveCopying",
+    "--data.seq_len=24",
+    "--data.num_tokens=4",
+    "--data.batch_size=4",
+    "--data.num_train_samples=96",
+    "--data.num_val_samples=8",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    f"--trainer.max_steps={MAX_STEPS}",
+    "--trainer.val_check_interval=25",
+    "--trainer.check_val_every_n_epoch=null",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def fit_process(root: Path, run_id: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", PACKAGE, *FIT, f"--run.root={root}", f"--run.id={run_id}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads, same floating-point sums
+    return subprocess.Popen(
+        [*command, *extra],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def checkpoint_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def wait_for_new_checkpoint(path: Path, since: float, process: subprocess.Popen) -> None:
+    """Block until `process` has written `path` after time `since`."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if path.stat().st_mtime > since:
+                return
+        except FileNotFoundError:  # not written yet, or being replaced this instant
+            pass
+        if process.poll() is not None:
+            output = process.stdout.read()
+            pytest.fail(f"fit exited with {process.returncode} before a checkpoint:\n{output}")
+        time.sleep(0.01)
+    process.kill()
+    pytest.fail(f"no checkpoint at {path} within 120 s")
+
+
+def finished_run(root: Path, run_id: str) -> dict:
+    """Weights of the final last.ckpt and every logged scalar, as TensorBoard shows them."""
+    state = torch.load(root / run_id / "checkpoints" / LAST, map_location="cpu", weights_only=False)
+    events = EventAccumulator(str(root / run_id))
+    events.Reload()
+    scalars = {
+        tag: [(event.step, event.value) for event in events.Scalars(tag)]
+        for tag in ("train/loss", "val/loss", "val/acc")
+    }
+    return {"step": state["global_step"], "weights": state["state_dict"], "scalars": scalars}
+
+
+def assert_same_run(got: dict, want: dict) -> None:
+    assert got["step"] == want["step"] == MAX_STEPS
+    assert got["weights"].keys() == want["weights"].keys()
+    for name, tensor in want["weights"].items():
+        assert torch.equal(got["weights"][name], tensor), f"{name} differs"
+    for tag, curve in want["scalars"].items():
+        assert got["scalars"][tag] == curve, f"{tag} differs"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("reference")
+    process = fit_process(root, "run")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    run = finished_run(root, "run")
+    assert len(run["scalars"]["train/loss"]) == MAX_STEPS
+    return run
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_stopped_and_restarted_run_equals_an_uninterrupted_one(stop, uninterrupted, tmp_path):
+    """Three stops at random moments after a checkpoint, then a run to the end."""
+    rng = random.Random(int(stop))
+    last = tmp_path / "run" / "checkpoints" / LAST
+    # kill -9 can only lose what came after the last checkpoint, so checkpoint often; the
+    # signals must save by themselves, so only validation writes checkpoints there.
+    cadence = ["--run.checkpoint_minutes=0.0005"] if stop == signal.SIGKILL else []
+    steps = [0]
+    for _ in range(3):
+        started = time.time()
+        process = fit_process(tmp_path, "run", *cadence)
+        wait_for_new_checkpoint(last, started, process)
+        time.sleep(rng.uniform(0.0, 0.05))  # well before the next checkpoint
+        signalled = time.time()
+        process.send_signal(stop)
+        output, _ = process.communicate(timeout=60)
+        if stop == signal.SIGKILL:
+            assert process.returncode == -signal.SIGKILL, output
+        else:
+            # Saved and exited non-zero (so a platform retries) well within Modal's 30 s grace.
+            assert process.returncode == 128 + stop, output
+            assert time.time() - signalled < 30
+            assert f"stopped by {stop.name}; saved {last}" in output
+            # The signal's checkpoint is newer than the validation checkpoint it replaced.
+            assert checkpoint_step(last) > checkpoint_step(last.with_name(PREVIOUS))
+        steps.append(checkpoint_step(last))
+        assert "resuming from" in output or len(steps) == 2, output
+    assert steps == sorted(steps) and steps[-1] < MAX_STEPS, steps
+
+    process = fit_process(tmp_path, "run", *cadence)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"resuming from {last}" in output
+    assert_same_run(finished_run(tmp_path, "run"), uninterrupted)
+
+
+def test_resumed_loader_continues_mid_epoch_with_the_same_batches():
+    data = SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
+    loader = data.train_dataloader()
+    batches = iter(loader)
+    for _ in range(3):
+        next(batches)
+    state = loader.state_dict()
+    rest = [inputs for inputs, _ in batches]
+    resumed = SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
+    loader = resumed.train_dataloader()
+    loader.load_state_dict(state)
+    again = [inputs for inputs, _ in loader]
+    assert len(again) == len(rest) == 7
+    assert all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
+
+
+def tiny_fit(root: Path, *extra: str) -> list[str]:
+    return [*FIT, f"--run.root={root}", "--run.id=run", "--trainer.max_steps=6", *extra]
+
+
+def test_unreadable_last_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path):
+    main(tiny_fit(tmp_path, "--run.checkpoint_minutes=0.00001"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = checkpoints / LAST
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn write
+    with pytest.warns(UserWarning, match=r"last\.ckpt is unreadable .*resuming from .*previous"):
+        cli = main(tiny_fit(tmp_path, "--trainer.max_steps=9"))
+    assert cli.config_init.fit.ckpt_path == str(checkpoints / PREVIOUS)
+    assert cli.trainer.global_step == 9
+    assert checkpoint_step(last) == 9
+
+
+def test_no_readable_checkpoint_stops_instead_of_starting_over(tmp_path, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / LAST).write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as stopped:
+        main(tiny_fit(tmp_path))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "last.ckpt is unreadable" in error and "--ckpt_path" in error and "--run.id" in error
+    assert sorted(p.name for p in checkpoints.iterdir()) == [LAST]  # nothing trained or written
+
+
+def test_checkpoint_write_interrupted_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / LAST
+    io.save_checkpoint({"step": 1}, path)
+
+    def torn_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    io.save_checkpoint({"step": 3}, path)
+    assert torch.load(path, weights_only=True) == {"step": 3}
+    assert torch.load(tmp_path / PREVIOUS, weights_only=True) == {"step": 1}
+
+
+# Every input a user can get wrong on the command line, with a piece of the one-line message.
+BAD_INPUTS = {
+    "d_model_not_divisible_into_heads": (
+        ["--model.backbone.d_model=18"],
+        "expand * d_model = 36 is not divisible by headdim=8",
+    ),
+    "d_state_zero": (["--model.backbone.d_state=0"], "backbone.d_state=0 must be"),
+    "d_state_negative": (["--model.backbone.d_state=-4"], "backbone.d_state=-4 must be"),
+    "chunk_size_zero": (["--model.backbone.chunk_size=0"], "backbone.chunk_size=0 must be"),
+    "n_layer_zero": (["--model.backbone.n_layer=0"], "backbone.n_layer=0 must be"),
+    "d_model_not_a_number": (["--model.backbone.d_model=abc"], "Got value: abc"),
+    "unknown_impl": (["--model.backbone.impl=fast"], "Got value: fast"),
+    "unknown_mixer": (["--model.backbone.mixer=Mamba3"], "Got value: Mamba3"),
+    "negative_lr": (["--model.lr=-0.1"], "model.lr=-0.1 must be > 0"),
+    "run_id_with_a_path": (["--run.id=../other"], "run.id='../other' may hold only"),
+    "run_id_with_a_space": (["--run.id=my run"], "run.id='my run' may hold only"),
+    "checkpoint_minutes_zero": (["--run.checkpoint_minutes=0"], "checkpoint_minutes=0.0 must"),
+    "copying_longer_than_context": (["--data.num_tokens=30"], "num_tokens=30 does not fit"),
+    "batch_size_zero": (["--data.batch_size=0"], "batch_size=0 must be positive"),
+    "text_file_missing": (
+        [f"--data={PACKAGE}.data.TextFile", "--data.path=no/such/corpus.txt"],
+        "path='no/such/corpus.txt' does not exist",
+    ),
+    "checkpoint_missing": (["--ckpt_path=no/such.ckpt"], "--ckpt_path=no/such.ckpt: no such file"),
+}
+if not torch.cuda.is_available():
+    BAD_INPUTS["fused_without_cuda"] = (["--model.backbone.impl=fused"], "found no CUDA")
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_stops_before_training_with_one_clear_line(extra, message, tmp_path, capsys):
+    args = [*FIT, f"--run.root={tmp_path}", "--run.id=run", *extra]
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("events.out.*"))
+
+
+def test_bad_input_exits_non_zero_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", PACKAGE, *FIT, f"--run.root={tmp_path}", "--model.lr=-1"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: model.lr=-1.0 must be > 0"
+
+
+def test_no_token_from_the_environment_reaches_a_file(tmp_path, monkeypatch):
+    secret = "hf_" + "x7Q" * 10
+    for name in ("HF_TOKEN", "WANDB_API_KEY", "MODAL_TOKEN_SECRET"):
+        monkeypatch.setenv(name, secret)
+    main(tiny_fit(tmp_path))
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == LAST for p in written) and any(p.suffix == ".yaml" for p in written)
+    for path in written:
+        assert secret.encode() not in path.read_bytes(), path
