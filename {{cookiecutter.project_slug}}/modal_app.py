@@ -1,23 +1,29 @@
-"""Where it runs: the same LightningCLI training, on a Modal GPU.
+"""Where it runs: the same LightningCLI training, on Modal GPUs.
 
     modal run modal_app.py --config configs/<name>.yaml
     modal run modal_app.py --config configs/<name>.yaml --overrides "--trainer.max_steps=20000"
     modal run --detach modal_app.py --config configs/<name>.yaml --gpu H100:2
-    modal run modal_app.py::upload_data --source path/to/corpus.txt
+    CLUSTER_NODES=2 modal run modal_app.py --config configs/<name>.yaml --nodes 2  # 2 x 8 GPUs
+    modal run modal_app.py::prepare_text --path /vol/data/corpus.txt
     modal deploy modal_app.py                          # keeps the TensorBoard endpoint up
 
 What happens where:
-- On your machine, `main` checks every input (config path, run id, GPU, timeout) before any
-  GPU time is spent, then calls `train` remotely.
+- On your machine, `main` checks every input (config path, run id, GPUs, nodes, timeout)
+  before any GPU time is spent, then calls `train` (one container) or `train_cluster`
+  (several) remotely. The number of GPUs follows the config's `trainer.devices` and
+  `trainer.num_nodes`, after --overrides, unless --gpu names it.
 - In the container, `train` reports which fast kernels are active (and with `--kernels require`
   stops if one is missing), then runs `python -m <package> fit ...` as a child process, with
-  the Volumes' paths as the run root. Lightning may re-launch that command once per GPU (DDP), which
-  is why training is a child process rather than a function call. Whenever a `last.ckpt`
-  changes, the checkpoint and log Volumes are committed, so a retried or preempted attempt
-  resumes from it: the CLI resumes by itself when `<run root>/<run id>/checkpoints/last.ckpt`
-  exists.
+  the Volumes' paths as the run root. Lightning re-launches that command once per further GPU
+  (DDP), which is why training is a child process rather than a function call. Whenever a
+  `last.ckpt` changes, the checkpoint and log Volumes are committed, so a retried or preempted
+  attempt resumes from it: the CLI resumes by itself when
+  `<run root>/<run id>/checkpoints/last.ckpt` exists, in every process.
+- `train_cluster` runs the same child in every container of a Modal cluster, with the
+  environment variables Lightning reads to join the nodes into one job.
 
-docs/modal.md explains the GPU choice, `--detach`, the image builder version and resuming.
+docs/modal.md explains the GPU choice, several GPUs and nodes, `--detach`, the image builder
+version and resuming.
 """
 
 import os
@@ -36,6 +42,8 @@ from pathlib import Path
 from typing import Literal
 
 import modal
+import modal.experimental
+import yaml
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 APP_NAME = "{{ cookiecutter.project_slug }}"
@@ -81,6 +89,34 @@ def gpu_fallbacks(first: str, extra: int = 2) -> list[str]:
 
 GPUS = gpu_fallbacks("{{ cookiecutter.modal_gpu }}")
 
+# --- Several nodes ---------------------------------------------------------------------------
+
+# A Modal cluster is a group of containers started together on a private network, each holding
+# every GPU of its host. Modal fixes the group's size when the app is defined, which is before
+# `main` sees its arguments, so the size comes from the environment of `modal run`:
+#     CLUSTER_NODES=4 modal run modal_app.py --config ... --nodes 4
+# Without CLUSTER_NODES the app has no cluster function at all, so runs on one container never
+# depend on the workspace's access to clusters.
+GPUS_PER_NODE = 8
+MAX_CLUSTER_NODES = 32  # Modal's documented limit per cluster; larger ones on request
+CLUSTER_GPU = GPUS[0] if GPUS[0] in {"H100", "H200", "B200"} else "H100"
+RENDEZVOUS_PORT = 29500  # torch.distributed's usual port for the main node
+
+
+def cluster_size(value: str | None) -> int:
+    """The number of containers of `train_cluster` from $CLUSTER_NODES; 0 when it is unset."""
+    if not value:
+        return 0
+    if not (value.isdigit() and 2 <= int(value) <= MAX_CLUSTER_NODES):
+        raise ValueError(
+            f"CLUSTER_NODES={value!r}: use a whole number from 2 to {MAX_CLUSTER_NODES}, the "
+            "same as --nodes, e.g. CLUSTER_NODES=4 modal run modal_app.py ... --nodes 4."
+        )
+    return int(value)
+
+
+CLUSTER_NODES = cluster_size(os.environ.get("CLUSTER_NODES"))
+
 # --- Time limits and retries -----------------------------------------------------------------
 
 MAX_TIMEOUT_HOURS = 24  # Modal's limit for one attempt
@@ -115,7 +151,7 @@ image = (
 class Mounts:
     """Where the Volumes appear inside a container."""
 
-    data: Path = Path("/vol/data")  # datasets: `upload_data` writes here
+    data: Path = Path("/vol/data")  # datasets: `modal volume put` uploads here
     runs: Path = Path("/vol/runs")  # --run.root: checkpoints and the saved config of each run
     logs: Path = Path("/vol/logs")  # --run.log_root: TensorBoard event files
 
@@ -146,12 +182,137 @@ class Request:
     config: str  # relative to the project folder, e.g. "configs/lm.yaml"
     overrides: list[str]
     run_id: str  # "" lets the CLI derive a stable id from the config
-    gpu: str | None  # None keeps the baked fallback list
+    gpu: str | None  # e.g. "H100:2"; None keeps the function's own request
+    nodes: int  # 1: `train`; more: `train_cluster` with that many containers
     timeout_s: int
 
 
+def trainer_settings(config: str, overrides: list[str]) -> dict[str, tuple[object, str]]:
+    """trainer.devices and trainer.num_nodes as the CLI will see them, with where each was set.
+
+    `config` is relative to the project folder. The YAML file first, then the overrides in
+    order (the last one wins), each value parsed as YAML, as LightningCLI parses it. Keys that
+    are set nowhere are left out.
+    """
+    try:
+        trainer = (yaml.safe_load((HERE / config).read_text(encoding="utf-8")) or {})["trainer"]
+    except KeyError:
+        trainer = {}
+    except (yaml.YAMLError, TypeError) as err:
+        raise ValueError(
+            f"--config {config}: not a YAML mapping ({err}). Fix the file; `python -m "
+            f"{PACKAGE} fit --config {config} --print_config` shows what the CLI reads."
+        ) from None
+    found = {}
+    for key in ("devices", "num_nodes"):
+        if isinstance(trainer, dict) and key in trainer:
+            found[key] = (trainer[key], f"in {config}")
+    for arg in overrides:
+        name, has_value, value = arg.partition("=")
+        key = name.removeprefix("--trainer.")
+        if key in ("devices", "num_nodes") and key != name and has_value:
+            try:
+                found[key] = (yaml.safe_load(value), "in --overrides")
+            except yaml.YAMLError:
+                found[key] = (value, "in --overrides")
+    return found
+
+
+def gpus_per_container(devices: object, where: str) -> int | None:
+    """The GPU count trainer.devices asks of each container; None for all it has (auto, -1)."""
+    if devices in ("auto", -1, "-1"):
+        return None
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    raise ValueError(
+        f"trainer.devices={devices!r} ({where}): on Modal give the number of GPUs per "
+        "container, e.g. 2, or auto for every GPU it has. GPUs are picked with --gpu TYPE:N, "
+        "not by index."
+    )
+
+
+def validate_scale(
+    gpu: str, nodes: int, settings: dict[str, tuple[object, str]]
+) -> tuple[str | None, int]:
+    """Check --gpu and --nodes against trainer.devices and trainer.num_nodes.
+
+    Returns the GPU request for Modal ("H100:2"), or None to keep the function's own (the
+    fallback list for one GPU, CLUSTER_GPU:8 for a cluster), and the number of nodes.
+    `gpu` is an already checked --gpu value or "".
+    """
+    devices, devices_where = settings.get("devices", ("auto", "the default"))
+    per_container = gpus_per_container(devices, devices_where)
+    config_nodes, nodes_where = settings.get("num_nodes", (1, "the default"))
+    if isinstance(config_nodes, bool) or not isinstance(config_nodes, int) or config_nodes < 1:
+        raise ValueError(
+            f"trainer.num_nodes={config_nodes!r} ({nodes_where}): use a whole number >= 1, "
+            "or leave it out and pass --nodes."
+        )
+    if nodes < 0:
+        raise ValueError(f"--nodes {nodes}: use 1 or more (0 takes trainer.num_nodes).")
+    if nodes and "num_nodes" in settings and nodes != config_nodes:
+        raise ValueError(
+            f"--nodes {nodes} contradicts trainer.num_nodes={config_nodes} ({nodes_where}). "
+            f"Pass only one of them, or make them agree."
+        )
+    nodes = nodes or config_nodes
+    gpu_type, _, count = gpu.partition(":")
+    gpu_count = int(count or 1)
+
+    if nodes > 1:
+        if nodes > MAX_CLUSTER_NODES:
+            raise ValueError(
+                f"--nodes {nodes}: a Modal cluster holds at most {MAX_CLUSTER_NODES} nodes "
+                "(ask Modal for more). Use fewer nodes."
+            )
+        if nodes != CLUSTER_NODES:
+            raise ValueError(
+                f"--nodes {nodes}: Modal fixes a cluster's size when the app is defined, from "
+                f"CLUSTER_NODES (here {CLUSTER_NODES or 'unset'}). Run "
+                f"CLUSTER_NODES={nodes} modal run modal_app.py ... --nodes {nodes}."
+            )
+        if gpu and gpu_count != GPUS_PER_NODE:
+            raise ValueError(
+                f"--gpu {gpu!r} with --nodes {nodes}: every container of a Modal cluster takes "
+                f"all {GPUS_PER_NODE} GPUs of its host. Use --gpu {gpu_type}:{GPUS_PER_NODE}."
+            )
+        if per_container not in (None, GPUS_PER_NODE):
+            raise ValueError(
+                f"trainer.devices={devices!r} ({devices_where}) with --nodes {nodes}: each "
+                f"node has {GPUS_PER_NODE} GPUs and all of them train. Use "
+                f'--overrides "--trainer.devices={GPUS_PER_NODE}" (or auto).'
+            )
+        return gpu or None, nodes
+
+    if gpu:
+        if per_container is not None and per_container != gpu_count:
+            raise ValueError(
+                f"--gpu {gpu!r} gives the container {gpu_count} GPU(s), but trainer.devices="
+                f"{devices!r} ({devices_where}) trains on {per_container}. Use --gpu "
+                f'{gpu_type}:{per_container}, or --overrides "--trainer.devices={gpu_count}".'
+            )
+        return gpu, 1
+    if per_container is None or per_container == 1:
+        return None, 1
+    limit = MAX_GPUS_PER_CONTAINER.get(GPUS[0], GPUS_PER_NODE)
+    if per_container > limit:
+        raise ValueError(
+            f"trainer.devices={devices!r} ({devices_where}): a {GPUS[0]} container has at "
+            f"most {limit} GPUs. Use fewer devices, or several nodes with --nodes."
+        )
+    # with_options takes one GPU type, so a several-GPU request has no fallbacks.
+    return f"{GPUS[0]}:{per_container}", 1
+
+
 def validate_request(
-    config: str, run_id: str = "", overrides: str = "", gpu: str = "", timeout_hours: float = 0
+    config: str,
+    run_id: str = "",
+    overrides: str = "",
+    gpu: str = "",
+    timeout_hours: float = 0,
+    nodes: int = 0,
 ) -> Request:
     """Check every user input; raise ValueError naming the value and the fix."""
     configs_dir = HERE / "configs"
@@ -196,12 +357,14 @@ def validate_request(
                 f"--gpu {gpu!r}: Modal has no GPU type {gpu_type!r}. "
                 f"Use one of {', '.join(GPU_MEMORY_GB)}, optionally with a count, e.g. H100:2."
             )
-        limit = MAX_GPUS_PER_CONTAINER.get(known[gpu_type.upper()], 8)
+        limit = MAX_GPUS_PER_CONTAINER.get(known[gpu_type.upper()], GPUS_PER_NODE)
         if count and not (count.isdigit() and 1 <= int(count) <= limit):
             raise ValueError(
                 f"--gpu {gpu!r}: the count must be a whole number from 1 to {limit} "
                 f"for {known[gpu_type.upper()]}, e.g. {known[gpu_type.upper()]}:2."
             )
+    config = path.relative_to(HERE).as_posix()
+    gpu_request, nodes = validate_scale(gpu, nodes, trainer_settings(config, extra))
 
     hours = timeout_hours or TIMEOUT_HOURS
     if not 0 < hours <= MAX_TIMEOUT_HOURS:
@@ -212,10 +375,11 @@ def validate_request(
         )
 
     return Request(
-        config=path.relative_to(HERE).as_posix(),
+        config=config,
         overrides=extra,
         run_id=run_id,
-        gpu=gpu or None,
+        gpu=gpu_request,
+        nodes=nodes,
         timeout_s=int(hours * 3600),
     )
 
@@ -274,8 +438,13 @@ def run_training(
     kernels: str,
     commit: Callable[[], None] = commit_run_volumes,
     poll_s: float = 10.0,
+    env: dict[str, str] | None = None,
 ) -> int:
-    """Kernel check, then `fit` in a child process; returns the child's exit code."""
+    """Kernel check, then `fit` in a child process; returns the child's exit code.
+
+    `env` adds environment variables for the child (and the processes Lightning starts
+    from it), such as the rendezvous of a cluster.
+    """
     package_dir = find_spec(PACKAGE).submodule_search_locations[0]
     report = import_module(f"{PACKAGE}.kernels").check_kernels(kernels)
     if report:
@@ -287,13 +456,15 @@ def run_training(
     print("running:", shlex.join(command), flush=True)
     # The child imports the package from wherever this process found it.
     paths = [str(Path(package_dir).resolve().parent), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), **(env or {})}
 
     watcher = CheckpointWatcher(MOUNTS.runs, commit, poll_s=poll_s)
     watcher.start()
-    child = subprocess.Popen(command, cwd=HERE, env=env)
+    child = subprocess.Popen(command, cwd=HERE, env=child_env)
 
-    def forward(signum, _frame):  # lets Lightning save a checkpoint before the container stops
+    # Lets Lightning save a checkpoint before the container stops. Only the child gets the
+    # signal; under DDP its ranks agree to stop after the same step.
+    def forward(signum, _frame):
         child.send_signal(signum)
 
     previous = {}
@@ -317,12 +488,77 @@ def train(config: str, overrides: list[str], run_id: str = "", kernels: str = "r
         raise RuntimeError(f"`{PACKAGE} fit` exited with code {code}; see the log above.")
 
 
+# --- Training on several nodes ---------------------------------------------------------------
+
+
+def rendezvous_env(node_rank: int, node_addresses: list[str], port: int = RENDEZVOUS_PORT):
+    """The environment Lightning reads to make one job of the processes on every node.
+
+    Lightning's default cluster environment takes the main node's address and port from
+    MASTER_ADDR and MASTER_PORT and this node's index from NODE_RANK; the world size is
+    num_nodes x devices, from the Trainer's arguments. LOCAL_RANK stays unset: it would tell
+    Lightning that something else started every process, and it would start none per GPU.
+    """
+    if not 0 <= node_rank < len(node_addresses):
+        raise ValueError(f"node rank {node_rank} is not one of the {len(node_addresses)} nodes")
+    return {
+        "MASTER_ADDR": node_addresses[0],  # node 0 hosts global rank 0 and the rendezvous
+        "MASTER_PORT": str(port),
+        "NODE_RANK": str(node_rank),
+    }
+
+
+def run_cluster_node(
+    config: str,
+    overrides: list[str],
+    run_id: str,
+    kernels: str,
+    node_rank: int,
+    node_addresses: list[str],
+    port: int = RENDEZVOUS_PORT,
+) -> int:
+    """One node's share of a cluster run: the same child as `train`, joined to the others."""
+    nodes = [f"--trainer.num_nodes={len(node_addresses)}"]
+    # Lightning writes checkpoints and logs from global rank 0 only, which runs on node 0, so
+    # the other nodes have nothing to commit (and resume from what node 0 committed).
+    commit = commit_run_volumes if node_rank == 0 else lambda: None
+    env = rendezvous_env(node_rank, node_addresses, port)
+    return run_training(config, [*overrides, *nodes], run_id, kernels, commit=commit, env=env)
+
+
+if CLUSTER_NODES:
+    # `env` repeats CLUSTER_NODES in the containers, which import this file again and must
+    # find the function there too.
+    @app.function(
+        gpu=f"{CLUSTER_GPU}:{GPUS_PER_NODE}",
+        timeout=TIMEOUT_HOURS * 3600,
+        retries=RETRIES,
+        volumes=VOLUMES,
+        env={"CLUSTER_NODES": str(CLUSTER_NODES)},
+    )
+    @modal.clustered(size=CLUSTER_NODES, rdma=True)
+    def train_cluster(
+        config: str, overrides: list[str], run_id: str = "", kernels: str = "require"
+    ) -> None:
+        """One attempt on CLUSTER_NODES containers; Modal runs it in each, with the same inputs."""
+        cluster = modal.experimental.get_cluster_info()
+        code = run_cluster_node(
+            config, overrides, run_id, kernels, cluster.rank, cluster.container_ips
+        )
+        if code != 0:
+            raise RuntimeError(
+                f"`{PACKAGE} fit` on node {cluster.rank} exited with code {code}; "
+                "see the log above."
+            )
+
+
 @app.local_entrypoint()
 def main(
     config: str,
     run_id: str = "",
     overrides: str = "",
     gpu: str = "",
+    nodes: int = 0,
     timeout_hours: float = TIMEOUT_HOURS,
     kernels: Literal["require", "warn", "off"] = "require",
 ) -> None:
@@ -330,13 +566,25 @@ def main(
 
     --overrides takes LightningCLI arguments in one string, e.g. "--trainer.max_steps=1000".
     --run-id names the run (default: derived from the config); rerunning it resumes.
-    --gpu takes one type with an optional count, e.g. H100:2, instead of the fallback list.
+    --gpu takes one type with an optional count, e.g. H100:2, instead of the fallback list;
+    without it the count is the config's trainer.devices.
+    --nodes trains on a cluster of that many containers with 8 GPUs each (default: the
+    config's trainer.num_nodes, 1); set CLUSTER_NODES to the same number.
     """
-    request = validate_request(config, run_id, overrides, gpu, timeout_hours)
-    fn = train
-    if request.gpu or request.timeout_s != TIMEOUT_HOURS * 3600:
-        fn = train.with_options(gpu=request.gpu, timeout=request.timeout_s)
-    print(f"training {request.config} on {request.gpu or ' or '.join(GPUS)}")
+    request = validate_request(config, run_id, overrides, gpu, timeout_hours, nodes)
+    fn = train_cluster if request.nodes > 1 else train
+    options = {}
+    if request.gpu:
+        options["gpu"] = request.gpu
+    if request.timeout_s != TIMEOUT_HOURS * 3600:
+        options["timeout"] = request.timeout_s
+    if options:
+        fn = fn.with_options(**options)
+    if request.nodes > 1:
+        where = f"{request.nodes} nodes of {request.gpu or f'{CLUSTER_GPU}:{GPUS_PER_NODE}'}"
+    else:
+        where = request.gpu or " or ".join(GPUS)
+    print(f"training {request.config} on {where}")
     fn.remote(request.config, request.overrides, request.run_id, kernels)
 
 

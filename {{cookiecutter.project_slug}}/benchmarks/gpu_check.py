@@ -1,7 +1,7 @@
 """Proof on a real GPU: fused kernels active, the twin equals mamba-ssm, and how fast `fit` is.
 
     python benchmarks/gpu_check.py                       # everything, about 6 minutes on an H100
-    python benchmarks/gpu_check.py --sections parity     # kernels | parity | throughput
+    python benchmarks/gpu_check.py --sections parity     # kernels|parity|throughput|profile
     modal run modal_app.py::gpu_check                    # the same on a Modal GPU
 
 Sections:
@@ -12,7 +12,9 @@ Sections:
   throughput  24 layers x d_model 768, vocab 50280, B=8, L=2048, bf16, fused AdamW:
               (a) our Lightning fit, (b) a raw loop over mamba-ssm's MambaLMHeadModel with
               cross-entropy on float32 logits, (c) HF transformers' MambaForCausalLM (Mamba1),
-              (d) our reference twin; peak memory for each; L=8192; a profile of (a)
+              (d) our reference twin; peak memory for each; L=8192
+  profile     ms per step by kernel group for (a), (a) without clipping, (a) with (b)'s loss,
+              and (b), profiled inside the training loop
 
 Prints a table per section and writes everything to benchmarks/results/gpu_check.json.
 """
@@ -465,6 +467,140 @@ def section_throughput(steps: int) -> dict:
     return results
 
 
+# ------------------------------------------------------------------------------- profile
+
+KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
+    ("selective scan", ("selective_scan",)),
+    ("causal conv1d", ("causal_conv1d",)),
+    ("norms (Triton)", ("_layer_norm", "_rms_norm")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "xmma", "sm90_")),
+    ("softmax / cross-entropy", ("SoftMax", "softmax", "logsumexp", "nll_loss", "cross_entropy")),
+    ("optimizer", ("adam", "Adam", "multi_tensor")),
+    ("reductions", ("reduce_kernel",)),
+    ("memcpy / memset", ("Memcpy", "Memset")),
+    ("elementwise / copies", ("elementwise", "copy", "fill", "index", "scatter", "gather")),
+]
+
+
+def kernel_groups(prof, steps: int) -> dict:
+    """GPU time per step (ms) for each kernel group, and the sum."""
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.self_device_time_total <= 0:
+            continue
+        name = next((g for g, keys in KERNEL_GROUPS if any(k in event.key for k in keys)), "other")
+        groups[name] = groups.get(name, 0.0) + event.self_device_time_total / 1e3 / steps
+    groups["total GPU busy"] = sum(groups.values())
+    return {k: round(v, 2) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
+class _ProfileWindow(L.Callback):
+    """Profiles training steps [start, start + steps) of a fit: wall time and kernel groups."""
+
+    def __init__(self, start: int, steps: int):
+        self.start, self.steps, self.prof = start, steps, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.start:
+            torch.cuda.synchronize()
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.start + self.steps - 1:
+            torch.cuda.synchronize()
+            self.wall_ms = (time.perf_counter() - self.t0) / self.steps * 1e3
+            self.prof.__exit__(None, None, None)
+
+
+class _PlainLossModule(MambaModule):
+    """(a) with (b)'s loss: full float32 logits and F.cross_entropy, to isolate the loss."""
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        logits = self(inputs)[..., : self.hparams.vocab_size].float()
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        self.log("train/loss", loss, on_step=True)
+        return loss
+
+
+def profile_fit(mixer: str, module_cls=MambaModule, clip=1.0, steps: int = 6) -> dict:
+    batch, length, warm = SIZE["batch"], SIZE["length"], 4
+    torch.manual_seed(0)
+    model = module_cls(backbone=lm_config(mixer, "fused"), vocab_size=SIZE["vocab"], warmup_steps=2)
+    g = torch.Generator().manual_seed(0)
+    n = batch * (warm + steps)
+    data = torch.utils.data.TensorDataset(
+        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
+        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
+    )
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=True, num_workers=2)
+    window = _ProfileWindow(warm, steps)
+    L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=warm + steps,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[window],
+    ).fit(model, loader)
+    result = {"wall_ms_per_step": round(window.wall_ms, 2), **kernel_groups(window.prof, steps)}
+    del model
+    torch.cuda.empty_cache()
+    return result
+
+
+def profile_raw(mixer: str, steps: int = 6) -> dict:
+    model = mamba_ssm_lm(mixer)().cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batches = random_batches(SIZE["batch"], SIZE["length"])
+
+    def step(ids, targets):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(4):
+        step(*batches[i % 4])
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(*batches[i % 4])
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+    return {"wall_ms_per_step": round(wall, 2), **kernel_groups(prof, steps)}
+
+
+def section_profile() -> dict:
+    """Where a training step's time goes: (a) and two variants of it against (b), per kernel group.
+
+    Profiled inside the fit (steps 5-10), so setup and Lightning's end-of-fit copy to the CPU
+    are not counted. GPU busy below wall time means the GPU waited for the CPU (launch gaps).
+    """
+    results = {}
+    for mixer in ("Mamba1", "Mamba2"):
+        runs = {
+            "a: fit, chunked loss, clip": guarded(profile_fit, mixer),
+            "a: fit, chunked loss, no clip": guarded(profile_fit, mixer, clip=None),
+            "a: fit, float32 logits + CE, clip": guarded(profile_fit, mixer, _PlainLossModule),
+            "b: raw mamba-ssm loop": guarded(profile_raw, mixer),
+        }
+        results[mixer] = runs
+        names = sorted({k for r in runs.values() for k in r}, key=lambda k: k != "wall_ms_per_step")
+        rows = [{"ms / step": k, **{run: r.get(k, 0.0) for run, r in runs.items()}} for k in names]
+        table(rows, f"profile {mixer}: ms per training step (24 x 768, B=8, L=2048, bf16)")
+    return results
+
+
 # ------------------------------------------------------------------------------- copying
 
 
@@ -546,6 +682,7 @@ def main() -> None:
         "parity": section_parity,
         "throughput": lambda: section_throughput(args.steps),
         "copying": lambda: section_copying(args.copying_seconds, args.copying_length),
+        "profile": section_profile,
     }
     for name in args.sections.split(","):
         report[name] = sections[name]()

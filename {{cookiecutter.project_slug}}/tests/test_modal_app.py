@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,6 +50,7 @@ EXPECTED_PINS = {
     "torchmetrics": "1.9.0",
     "tensorboard": "2.21.0",
     "jsonargparse[signatures]": "4.53.0",
+    "torchdata": "0.11.0",
 }
 EXPECTED_ORDER = [
     "torch",
@@ -267,7 +269,8 @@ def test_modal_run_help_lists_the_entrypoint_options(tmp_path):
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    for option in ["--config", "--run-id", "--overrides", "--gpu", "--timeout-hours", "--kernels"]:
+    options = ["--config", "--run-id", "--overrides", "--gpu", "--nodes", "--timeout-hours"]
+    for option in [*options, "--kernels"]:
         assert option in out.stdout, option
 
 
@@ -278,22 +281,45 @@ def any_config() -> str:
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
-        ({"config": "configs/missing.yaml"}, "configs/missing.yaml"),
-        ({"config": "gpu_stack.toml"}, "gpu_stack.toml"),
-        ({"run_id": "../escape"}, "../escape"),
-        ({"run_id": "a b"}, "a b"),
-        ({"gpu": "H1000"}, "H1000"),
-        ({"gpu": "H100:9"}, "H100:9"),
-        ({"timeout_hours": 25}, "25"),
-        ({"overrides": "--run.root=/tmp"}, "--run.root=/tmp"),
-        ({"overrides": "trainer.max_steps=5"}, "trainer.max_steps=5"),
+        ({"config": "configs/missing.yaml"}, ["configs/missing.yaml"]),
+        ({"config": "gpu_stack.toml"}, ["gpu_stack.toml"]),
+        ({"run_id": "../escape"}, ["../escape"]),
+        ({"run_id": "a b"}, ["a b"]),
+        ({"gpu": "H1000"}, ["H1000"]),
+        ({"gpu": "H100:9"}, ["H100:9"]),
+        ({"timeout_hours": 25}, ["25"]),
+        ({"overrides": "--run.root=/tmp"}, ["--run.root=/tmp"]),
+        ({"overrides": "trainer.max_steps=5"}, ["trainer.max_steps=5"]),
+        # GPUs per container against trainer.devices
+        (
+            {"gpu": "H100:2", "overrides": "--trainer.devices=4"},
+            ["H100:2", "trainer.devices=4", "--gpu H100:4", "--trainer.devices=2"],
+        ),
+        ({"gpu": "L4", "overrides": "--trainer.devices=2"}, ["'L4'", "devices=2", "L4:2"]),
+        ({"overrides": "--trainer.devices=[0,1]"}, ["trainer.devices=[0, 1]", "TYPE:N"]),
+        ({"overrides": "--trainer.devices=0"}, ["trainer.devices=0", "auto"]),
+        ({"overrides": "--trainer.devices=9"}, ["trainer.devices=9", "at most", "--nodes"]),
+        # nodes
+        ({"nodes": -1}, ["--nodes -1"]),
+        ({"overrides": "--trainer.num_nodes=0"}, ["trainer.num_nodes=0"]),
+        ({"nodes": 64}, ["--nodes 64", "at most 32"]),
+        ({"nodes": 4}, ["--nodes 4", "CLUSTER_NODES=4 modal run"]),
+        ({"overrides": "--trainer.num_nodes=4"}, ["--nodes 4", "CLUSTER_NODES=4"]),
+        (
+            {"nodes": 2, "overrides": "--trainer.num_nodes=3"},
+            ["--nodes 2", "trainer.num_nodes=3"],
+        ),
+        ({"nodes": 2, "gpu": "H100:4"}, ["H100:4", "--gpu H100:8"]),
+        ({"nodes": 2, "overrides": "--trainer.devices=4"}, ["devices=4", "--trainer.devices=8"]),
     ],
 )
 def test_bad_inputs_are_rejected_before_any_gpu_time(kwargs, named, monkeypatch):
     monkeypatch.chdir(PROJECT)
+    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
     with pytest.raises(ValueError) as err:
         modal_app.validate_request(**{"config": any_config(), **kwargs})
-    assert named in str(err.value)
+    for part in named:
+        assert part in str(err.value), part
 
 
 def test_good_inputs_become_a_request(monkeypatch):
@@ -305,6 +331,171 @@ def test_good_inputs_become_a_request(monkeypatch):
     assert request.config == f"configs/{name}"
     assert request.overrides == ["--trainer.max_steps=5"]
     assert (request.run_id, request.gpu, request.timeout_s) == ("exp-1", "h100:2", 6 * 3600)
+    assert request.nodes == 1
+
+
+# --- Several GPUs and nodes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder whose configs/multi.yaml asks for 4 GPUs per node on 2 nodes."""
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "multi.yaml"
+    config.write_text("trainer:\n  devices: 4\n  num_nodes: 2\n  max_steps: 10\n")
+    monkeypatch.setattr(modal_app, "HERE", tmp_path)
+    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
+    monkeypatch.chdir(tmp_path)
+    return "configs/multi.yaml"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "gpu", "nodes"),
+    [
+        ({}, None, 1),  # the baked fallback list, one GPU
+        ({"overrides": "--trainer.devices=auto"}, None, 1),
+        ({"overrides": "--trainer.devices=-1", "gpu": "H100:4"}, "H100:4", 1),
+        ({"overrides": "--trainer.devices=4", "gpu": "H100:4"}, "H100:4", 1),
+        ({"overrides": "--trainer.devices=1 --trainer.devices=4"}, f"{BAKED_GPU}:4", 1),
+        ({"nodes": 2}, None, 2),  # train_cluster's own CLUSTER_GPU:8
+        ({"overrides": "--trainer.num_nodes=2 --trainer.devices=8"}, None, 2),
+        ({"nodes": 2, "gpu": "H200:8"}, "H200:8", 2),
+    ],
+)
+def test_gpu_count_and_nodes_follow_the_config_unless_gpu_names_them(
+    kwargs, gpu, nodes, monkeypatch
+):
+    monkeypatch.chdir(PROJECT)
+    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
+    request = modal_app.validate_request(any_config(), **kwargs)
+    assert (request.gpu, request.nodes) == (gpu, nodes)
+
+
+def test_devices_and_num_nodes_are_read_from_the_yaml_and_overrides_win(project):
+    with pytest.raises(ValueError) as err:
+        modal_app.validate_request(project)
+    assert "trainer.devices=4 (in configs/multi.yaml)" in str(err.value)
+    assert "--trainer.devices=8" in str(err.value)
+
+    request = modal_app.validate_request(project, overrides="--trainer.devices=auto")
+    assert (request.gpu, request.nodes) == (None, 2)
+    request = modal_app.validate_request(project, overrides="--trainer.num_nodes=1")
+    assert (request.gpu, request.nodes) == (f"{BAKED_GPU}:4", 1)
+    with pytest.raises(ValueError, match=r"--gpu 'H100:2'.*trainer.devices=4 \(in configs"):
+        modal_app.validate_request(project, gpu="H100:2", overrides="--trainer.num_nodes=1")
+
+
+def test_a_config_that_is_not_a_yaml_mapping_is_named(project):
+    Path(project).write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match=f"--config {project}: not a YAML mapping"):
+        modal_app.validate_request(project)
+
+
+class FakeFunction:
+    """Stands in for a Modal Function: records with_options and remote calls."""
+
+    def __init__(self, calls: list, name: str, options: dict | None = None):
+        self.calls, self.name, self.options = calls, name, options or {}
+
+    def with_options(self, **options):
+        return FakeFunction(self.calls, self.name, {**self.options, **options})
+
+    def remote(self, *args):
+        self.calls.append((self.name, self.options, args))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "function", "options"),
+    [
+        ({}, "train", {}),
+        ({"overrides": "--trainer.devices=2"}, "train", {"gpu": f"{BAKED_GPU}:2"}),
+        ({"gpu": "H100:2", "timeout_hours": 2}, "train", {"gpu": "H100:2", "timeout": 7200}),
+        ({"nodes": 2}, "train_cluster", {}),
+        ({"nodes": 2, "gpu": "H200:8"}, "train_cluster", {"gpu": "H200:8"}),
+    ],
+)
+def test_main_calls_one_container_or_the_cluster_with_the_checked_gpus(
+    kwargs, function, options, monkeypatch
+):
+    monkeypatch.chdir(PROJECT)
+    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
+    calls = []
+    for name in ("train", "train_cluster"):
+        monkeypatch.setattr(modal_app, name, FakeFunction(calls, name), raising=False)
+    modal_app.main.info.raw_f(config=any_config(), **kwargs)
+    assert [(name, used) for name, used, _ in calls] == [(function, options)]
+    overrides = shlex.split(kwargs.get("overrides", ""))
+    assert calls[0][2] == (any_config(), overrides, "", "require")
+
+
+def import_with_cluster_nodes(value: str, monkeypatch):
+    """modal_app.py imported afresh, as `CLUSTER_NODES=<value> modal run` imports it."""
+    monkeypatch.setenv("CLUSTER_NODES", value)
+    spec = importlib.util.spec_from_file_location(f"modal_app_{value}", PROJECT / "modal_app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_without_cluster_nodes_the_app_defines_no_cluster_function():
+    assert modal_app.CLUSTER_NODES == 0
+    assert not hasattr(modal_app, "train_cluster")
+
+
+def test_nodes_without_cluster_nodes_names_the_variable(monkeypatch):
+    monkeypatch.chdir(PROJECT)
+    with pytest.raises(ValueError, match=r"CLUSTER_NODES \(here unset\).*CLUSTER_NODES=2 modal"):
+        modal_app.validate_request(any_config(), nodes=2)
+
+
+def test_cluster_function_spec_has_eight_gpus_per_node_rdma_retries_and_volumes(monkeypatch):
+    clustered = import_with_cluster_nodes("2", monkeypatch)
+    info = clustered.train_cluster.info()
+    assert (info.cluster_info.size, info.cluster_info.rdma) == (2, True)
+    assert info.gpus == [(clustered.CLUSTER_GPU, 8)]
+    assert clustered.CLUSTER_GPU in {"H100", "H200", "B200"}
+    train = clustered.train.info()
+    assert (info.timeout, info.max_retries) == (train.timeout, train.max_retries)
+    assert info.volumes == train.volumes
+    assert len(info.secrets) == 1  # env: CLUSTER_NODES again, for the containers' import
+    assert import_with_cluster_nodes("4", monkeypatch).train_cluster.info().cluster_info.size == 4
+
+
+@pytest.mark.parametrize("value", ["1", "33", "four", "-2"])
+def test_a_bad_cluster_size_is_rejected_with_the_fix(value):
+    with pytest.raises(ValueError) as err:
+        modal_app.cluster_size(value)
+    assert f"CLUSTER_NODES={value!r}" in str(err.value)
+    assert "CLUSTER_NODES=4 modal run" in str(err.value)
+
+
+@pytest.mark.parametrize("node_rank", [0, 1, 2])
+def test_each_node_gets_the_rendezvous_lightning_reads(node_rank, monkeypatch):
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    addresses = ["fdaa:0:1::a", "fdaa:0:1::b", "fdaa:0:1::c"]  # Modal gives IPv6 addresses
+    env = modal_app.rendezvous_env(node_rank, addresses, port=29555)
+    assert env == {"MASTER_ADDR": addresses[0], "MASTER_PORT": "29555", "NODE_RANK": str(node_rank)}
+
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # The Trainer records its global rank in this process-wide flag; later tests need rank 0.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
+    trainer = Trainer(accelerator="cpu", devices=2, num_nodes=3, strategy="ddp", logger=False)
+    cluster = trainer.strategy.cluster_environment
+    assert isinstance(cluster, LightningEnvironment)
+    assert not cluster.creates_processes_externally  # Lightning starts one process per device
+    assert (cluster.main_address, cluster.main_port) == (addresses[0], 29555)
+    assert (trainer.node_rank, trainer.num_nodes, trainer.world_size) == (node_rank, 3, 6)
+
+
+def test_rendezvous_rejects_a_rank_outside_the_cluster():
+    with pytest.raises(ValueError, match="node rank 2 is not one of the 2 nodes"):
+        modal_app.rendezvous_env(2, ["fdaa::a", "fdaa::b"])
 
 
 # --- Running in the container, locally -------------------------------------------------------
@@ -417,3 +608,90 @@ def test_training_runs_locally_and_a_second_call_resumes(volumes, capfd):
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
     assert policies == ["off", "off"]
     assert runs.commits >= 2
+
+
+def loopback() -> tuple[str, int]:
+    """A local address and a free port on it: IPv6 (like Modal's cluster network) if possible."""
+    for family, address in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")):
+        try:
+            with socket.socket(family) as s:
+                s.bind((address, 0))
+                return address, s.getsockname()[1]
+        except OSError:  # no IPv6 on this machine
+            continue
+    raise RuntimeError("no loopback address")
+
+
+@pytest.fixture
+def children(monkeypatch):
+    """Starts modal_app's child processes in their own process groups; kills what is left."""
+    started, popen = [], subprocess.Popen
+
+    def start(*args, **kwargs):
+        started.append(popen(*args, **kwargs, start_new_session=True))
+        return started[-1]
+
+    monkeypatch.setattr(modal_app.subprocess, "Popen", start)
+    yield started
+    for child in started:
+        if child.poll() is None:  # a node that waits for its peer forever: the test failed
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec(f"{PACKAGE}.cli") is None,
+    reason=f"{PACKAGE}.cli is not written yet; this test runs the real CLI",
+)
+def test_two_cluster_nodes_on_one_cpu_machine_train_as_one_job(volumes, children, capfd):
+    """What every container of `train_cluster` runs, twice on this machine, one CPU each.
+
+    The nodes meet at the loopback address (IPv6 where the machine has it, as Modal's cluster
+    addresses are); the job's world size is 2 although each node starts one process, and only
+    node 0 writes.
+    """
+    mounts, runs, policies = volumes
+    address, port = loopback()
+    addresses = [address, address]
+    ddp = [*TINY, "--trainer.strategy=ddp"]  # devices=1 per node
+    codes = {}
+
+    def node(rank: int) -> None:
+        codes[rank] = modal_app.run_cluster_node(
+            "configs/default.yaml", ddp, "two-nodes", "off", rank, addresses, port
+        )
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert codes == {0: 0, 1: 0}
+    output = "".join(capfd.readouterr())
+    assert "Starting with 2 processes" in output
+    assert "--trainer.num_nodes=2" in output  # the command each node printed
+    ckpt = mounts.runs / "two-nodes" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert len(list((mounts.logs / "two-nodes").rglob("events.out.tfevents.*"))) == 1
+    assert runs.commits >= 1
+    assert policies == ["off", "off"]
+
+
+def test_only_node_zero_commits_and_every_node_is_told_the_cluster_size(monkeypatch):
+    seen = {}
+
+    def run_training(config, overrides, run_id, kernels, commit, env):
+        seen[env["NODE_RANK"]] = (overrides, commit is modal_app.commit_run_volumes, env)
+        return 0
+
+    monkeypatch.setattr(modal_app, "run_training", run_training)
+    addresses = ["fdaa::a", "fdaa::b", "fdaa::c"]
+    for rank in range(3):
+        modal_app.run_cluster_node("configs/x.yaml", ["--a=1"], "r", "off", rank, addresses)
+    assert {rank: commits for rank, (_, commits, _) in seen.items()} == {
+        "0": True,
+        "1": False,
+        "2": False,
+    }
+    assert all(o == ["--a=1", "--trainer.num_nodes=3"] for o, _, _ in seen.values())
+    assert {env["MASTER_ADDR"] for _, _, env in seen.values()} == {"fdaa::a"}

@@ -194,3 +194,49 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(ch
     expected_grads = torch.autograd.grad(2.5 * expected, (hidden, weight))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+CURRICULUM = [
+    "--trainer.reload_dataloaders_every_n_epochs=1",
+    f"--trainer.callbacks+={PACKAGE}.curriculum.LengthCurriculum",
+]
+
+
+def test_length_curriculum_moves_to_the_next_length_when_validation_reaches_the_threshold(
+    tmp_path,
+):
+    cli = main(
+        [
+            "fit",
+            *TINY,
+            *LM_DATA,
+            *CURRICULUM,
+            "--trainer.callbacks.lengths=[8, 16, 24]",
+            "--trainer.callbacks.threshold=0.001",  # any trained model passes it
+            "--trainer.max_epochs=3",
+            "--trainer.log_every_n_steps=1",
+            "--run.id=curriculum",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    curriculum = next(c for c in cli.trainer.callbacks if type(c).__name__ == "LengthCurriculum")
+    assert curriculum.stage == 2 and cli.datamodule.seq_len == 24
+    last = torch.load(tmp_path / "curriculum" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert {"stage": 2} in last["callbacks"].values()  # a resumed run continues at 24
+
+
+def test_length_curriculum_refuses_a_last_length_other_than_the_data_length(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(
+            [
+                "fit",
+                *TINY,
+                *LM_DATA,
+                *CURRICULUM,
+                "--trainer.callbacks.lengths=[8, 16]",
+                "--trainer.max_steps=2",
+                f"--run.root={tmp_path}",
+            ]
+        )
+    assert stopped.value.code == 2
+    assert "last length 16 must equal data.seq_len=24" in capsys.readouterr().err

@@ -28,11 +28,13 @@ from .runs import (
     AtomicCheckpointIO,
     ContinueTensorBoard,
     Interrupted,
-    RunConfig,
     LastCheckpoint,
+    RunConfig,
+    TimedCheckpoint,
     derive_run_id,
     resume_checkpoint,
 )
+
 
 def default_precision() -> str:
     """bf16-mixed on a GPU that has bf16, else full fp32."""
@@ -97,7 +99,7 @@ class MambaCLI(LightningCLI):
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
             ),
-            ModelCheckpoint(
+            TimedCheckpoint(
                 dirpath=ckpt_dir,
                 save_top_k=0,
                 save_last=True,

@@ -120,7 +120,9 @@ class _DataModule(LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # workers outlive an epoch only if the loaders do (no per-epoch reload)
+            persistent_workers=self.num_workers > 0
+            and (trainer is None or trainer.reload_dataloaders_every_n_epochs == 0),
             pin_memory=torch.cuda.is_available(),
             collate_fn=_collate,
         )

@@ -4,10 +4,12 @@ For a 50k vocabulary, B=8 and L=2048, the float32 logits alone take 3.3 GB, and 
 re-reading them costs more time than several Mamba layers. `linear_cross_entropy` computes
 the head projection and the cross-entropy chunk by chunk of tokens, and produces the gradients
 of the hidden states and of the head weight in the same pass, so only one chunk of logits ever
-exists. The loss equals `F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)`.
+exists. The loss equals `F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)`, and
+each chunk runs through the same fused log-softmax/NLL kernels as that plain call.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .data import IGNORE_INDEX
@@ -16,7 +18,6 @@ from .data import IGNORE_INDEX
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int):
-        # hidden (N, D), weight (V, D) in its own dtype, targets (N,)
         with_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         head = weight.to(hidden.dtype)  # the matmuls run in the hidden states' (autocast) dtype
         acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 in tests
@@ -28,19 +29,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]  # (n, D)
             t = targets[start : start + chunk_size]  # (n,)
-            scored = (t != IGNORE_INDEX).unsqueeze(-1)  # (n, 1)
-            target = t.clamp(min=0).unsqueeze(-1)  # (n, 1), any valid id on ignored rows
-            logits = (h @ head.T).to(acc)  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
-            total += ((lse - logits.gather(-1, target)) * scored).sum()
-            correct += ((logits.argmax(-1, keepdim=True) == target) & scored).sum()
+            # torch's own fused log-softmax/NLL kernels, forward and backward, on one chunk
+            logits = (h @ head.T).to(acc).requires_grad_(with_grad)  # (n, V)
+            with torch.enable_grad():
+                loss = F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
+            total += loss.detach()
+            correct += ((logits.detach().argmax(-1) == t) & (t != IGNORE_INDEX)).sum()
             if not with_grad:
                 continue
-            # d(sum CE)/d(logits) = softmax - one_hot(target), zero on ignored rows; computed
-            # in place and without boolean indexing, which would synchronise with the GPU
-            grad = logits.sub_(lse).exp_()
-            grad.scatter_add_(-1, target, -torch.ones_like(lse))
-            grad = grad.mul_(scored).to(hidden.dtype)
+            (grad,) = torch.autograd.grad(loss, logits)  # softmax - one_hot, 0 on ignored rows
+            grad = grad.to(hidden.dtype)
             grad_hidden[start : start + chunk_size] = grad @ head
             grad_weight += (grad.T @ h).to(acc)
         if with_grad:

@@ -115,7 +115,7 @@ class MambaModule(L.LightningModule):
             weight = self.backbone.embedding.weight[: self.hparams.vocab_size]
             loss, correct = linear_cross_entropy(hidden, weight, targets)
             scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
-            self.log("train/acc", correct / scored, on_step=True, on_epoch=False)
+            self.log("train/acc", correct / scored, on_step=True, on_epoch=False, sync_dist=True)
             metrics = None
         elif self.hparams.task == "language_model":
             logits = self(inputs)[..., : self.hparams.vocab_size].float()  # drop padded rows
@@ -137,6 +137,7 @@ class MambaModule(L.LightningModule):
             on_epoch=not on_step,
             prog_bar=True,
             batch_size=targets.shape[0],
+            sync_dist=True,  # under DDP: the mean over all ranks, not rank 0's share
         )
         if metrics is not None:
             self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")

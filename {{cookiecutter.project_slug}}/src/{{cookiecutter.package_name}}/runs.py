@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
@@ -150,6 +151,18 @@ class ContinueTensorBoard(Callback):
                 logger.experiment.file_writer.add_event(marker)
 
 
+class TimedCheckpoint(ModelCheckpoint):
+    """Lightning's time-based last.ckpt, minus its end-of-training save.
+
+    At on_train_end the epoch counter has moved on while the data loader is still mid-epoch,
+    so a run resumed from that file would continue on the next epoch's batches. LastCheckpoint
+    saves the final state at the last step instead.
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after writing last.ckpt."""
 
@@ -183,7 +196,7 @@ class LastCheckpoint(Callback):
 
     def save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             self.saved_step = trainer.global_step
 
     def handle(self, signum, _frame) -> None:
@@ -201,7 +214,13 @@ class LastCheckpoint(Callback):
             self.previous = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.previous or self.stop or trainer.fit_loop._should_accumulate():
+        if trainer.fit_loop._should_accumulate():
+            return
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # The last step: save now, while the epoch counter still matches the data
+            # loader's position (at on_train_end Lightning has already moved it on).
+            self.save(trainer)
+        if not self.previous or self.stop:
             return
         signum = self.received
         if trainer.world_size > 1:
