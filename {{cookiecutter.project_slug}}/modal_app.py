@@ -142,6 +142,7 @@ image = (
     .add_local_dir(HERE / "src" / PACKAGE, f"/root/{PACKAGE}", ignore=not_source)
     .add_local_dir(HERE / "configs", "/root/configs", ignore=not_source)
     .add_local_file(STACK_FILE, "/root/gpu_stack.toml")
+    .add_local_dir(HERE / "benchmarks", "/root/benchmarks", ignore=not_source)
 )
 
 # --- Volumes ---------------------------------------------------------------------------------
@@ -431,6 +432,13 @@ class CheckpointWatcher(threading.Thread):
             previous = current
 
 
+def package_env() -> dict[str, str]:
+    """This process's environment, with PYTHONPATH set so a child imports the same package."""
+    package_dir = find_spec(PACKAGE).submodule_search_locations[0]
+    paths = [str(Path(package_dir).resolve().parent), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+
 def run_training(
     config: str,
     overrides: list[str],
@@ -445,7 +453,6 @@ def run_training(
     `env` adds environment variables for the child (and the processes Lightning starts
     from it), such as the rendezvous of a cluster.
     """
-    package_dir = find_spec(PACKAGE).submodule_search_locations[0]
     report = import_module(f"{PACKAGE}.kernels").check_kernels(kernels)
     if report:
         print("fast paths:", ", ".join(f"{k}={'on' if v else 'OFF'}" for k, v in report.items()))
@@ -454,9 +461,7 @@ def run_training(
         mount.mkdir(parents=True, exist_ok=True)
     command = fit_command(config, overrides, run_id)
     print("running:", shlex.join(command), flush=True)
-    # The child imports the package from wherever this process found it.
-    paths = [str(Path(package_dir).resolve().parent), os.environ.get("PYTHONPATH", "")]
-    child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), **(env or {})}
+    child_env = {**package_env(), **(env or {})}
 
     watcher = CheckpointWatcher(MOUNTS.runs, commit, poll_s=poll_s)
     watcher.start()
@@ -586,6 +591,25 @@ def main(
         where = request.gpu or " or ".join(GPUS)
     print(f"training {request.config} on {where}")
     fn.remote(request.config, request.overrides, request.run_id, kernels)
+
+
+# --- GPU proof ------------------------------------------------------------------------------
+
+
+def gpu_check_command(sections: str, out: Path) -> list[str]:
+    script = HERE / "benchmarks" / "gpu_check.py"
+    return [sys.executable, str(script), "--sections", sections, "--out", str(out)]
+
+
+@app.function(gpu=GPUS, timeout=3600)
+def gpu_check(sections: str = "kernels,parity,throughput,profile") -> str:
+    """benchmarks/gpu_check.py on a Modal GPU: prints its tables, returns its JSON report.
+
+    Run it with `modal run modal_app.py::gpu_check --sections kernels,parity`.
+    """
+    out = Path("/tmp/gpu_check.json")
+    subprocess.run(gpu_check_command(sections, out), check=True, cwd=HERE, env=package_env())
+    return out.read_text(encoding="utf-8")
 
 
 # --- Data and TensorBoard --------------------------------------------------------------------

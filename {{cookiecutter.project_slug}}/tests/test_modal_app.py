@@ -211,7 +211,21 @@ def test_local_files_come_last_and_ship_package_configs_and_pins(version):
         f"/root/{PACKAGE}/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
     }
     assert sources and sources <= shipped
+    assert "/root/benchmarks/gpu_check.py" in shipped  # for modal_app.gpu_check
     assert not any("__pycache__" in path or "/." in path for path in shipped)
+
+
+def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
+    command = modal_app.gpu_check_command("kernels,parity", tmp_path / "report.json")
+    script = Path(command[1])
+    assert script == PROJECT / "benchmarks" / "gpu_check.py" and script.is_file()
+    assert command[2:] == ["--sections", "kernels,parity", "--out", str(tmp_path / "report.json")]
+    gpus = [gpu for gpu, _ in modal_app.gpu_check.info().gpus]
+    assert gpus == [g.upper() for g in modal_app.GPUS]
+    help_text = subprocess.run(
+        [*command[:2], "--help"], capture_output=True, text=True, env=modal_app.package_env()
+    )
+    assert help_text.returncode == 0 and "--sections" in help_text.stdout
 
 
 def test_a_build_step_after_local_files_is_caught():
