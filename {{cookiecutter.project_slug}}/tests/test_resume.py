@@ -15,13 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data import SelectiveCopying
-from {{ cookiecutter.package_name }}.runs import LAST, PREVIOUS, AtomicCheckpointIO
+from {{ cookiecutter.package_name }}.runs import LAST, PREVIOUS, AtomicCheckpointIO, LastCheckpoint
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -172,6 +173,18 @@ def test_resumed_loader_continues_mid_epoch_with_the_same_batches():
     again = [inputs for inputs, _ in loader]
     assert len(again) == len(rest) == 7
     assert all(torch.equal(a, b) for a, b in zip(again, rest, strict=True))
+
+
+def test_checkpoints_carry_the_random_number_generators():
+    saver = LastCheckpoint(Path("unused"))
+    torch.manual_seed(1)
+    state = saver.state_dict()
+    expected = torch.rand(3), np.random.rand(), random.random()
+    torch.manual_seed(2)
+    np.random.seed(2)
+    LastCheckpoint(Path("unused")).load_state_dict(state)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert (np.random.rand(), random.random()) == expected[1:]
 
 
 def tiny_fit(root: Path, *extra: str) -> list[str]:

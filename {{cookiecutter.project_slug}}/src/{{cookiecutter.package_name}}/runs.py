@@ -16,12 +16,14 @@ retries non-zero exits (Modal does) starts it again, and the restart resumes.
 import hashlib
 import json
 import os
+import random
 import re
 import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch import Callback
@@ -249,3 +251,27 @@ class LastCheckpoint(Callback):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
         self.previous = {}
+
+    # Random number generators travel in every checkpoint, so dropout or any other random op
+    # draws the same numbers after a resume as in an uninterrupted run. (Data order does not
+    # depend on them: the loaders keep their own state.) Plain types only: Lightning loads
+    # checkpoints with torch.load(weights_only=True).
+    def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state = (name, keys.tolist(), pos, has_gauss, gauss)
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state}
+        state["python"] = random.getstate()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return {"rng": state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        rng = state_dict.get("rng")
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
