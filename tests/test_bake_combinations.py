@@ -60,10 +60,12 @@ COMMON_FILES = {
     "benchmarks/scaling.py",
     "benchmarks/results/gpu_check.json",
     "benchmarks/results/scan_speed.json",
+    "benchmarks/results/scaling.json",
     ".gitignore",
 }
 TASK_FILES = {
     "language_model": {
+        "benchmarks/results/copying_gpu.json",
         "configs/copying_paper.yaml",
         "configs/induction_heads.yaml",
         "configs/text.yaml",

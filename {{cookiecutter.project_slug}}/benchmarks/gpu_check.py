@@ -306,8 +306,8 @@ def profiled(run, steps: int) -> dict:
     return result
 
 
-def raw_loop(model_fn, batch, length, warmup, steps, profile=False) -> dict:
-    """(b)/(c): forward in bf16 autocast, float32 logits, plain cross-entropy, fused AdamW."""
+def raw_step(model_fn):
+    """(b)/(c)'s training step: bf16 autocast, float32 logits, plain cross-entropy, fused AdamW."""
     model = model_fn().cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
@@ -318,6 +318,13 @@ def raw_loop(model_fn, batch, length, warmup, steps, profile=False) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def raw_loop(model_fn, batch, length, warmup, steps, profile=False) -> dict:
+    """(b)/(c): a plain PyTorch loop over a ready-made model."""
+    step = raw_step(model_fn)
 
     def run() -> dict:
         return timed_loop(step, random_batches(batch, length), warmup, steps)
@@ -341,31 +348,37 @@ class _Timer(L.Callback):
         self.steps = trainer.global_step - self.warmup
 
 
-def lightning_fit(mixer, impl, batch, length, warmup, steps, clip=1.0, profile=False) -> dict:
-    """(a)/(d): our MambaModule through Lightning's Trainer, as `python -m ... fit` runs it."""
+def fit_setup(mixer, impl, batch, length, max_steps, clip, callback, module_cls=MambaModule):
+    """The model, random-token batches and a Trainer as `python -m ... fit` would build them."""
     torch.manual_seed(0)
-    model = MambaModule(backbone=lm_config(mixer, impl), vocab_size=SIZE["vocab"], warmup_steps=2)
+    model = module_cls(backbone=lm_config(mixer, impl), vocab_size=SIZE["vocab"], warmup_steps=2)
     g = torch.Generator().manual_seed(0)
-    n = batch * (warmup + steps)
+    n = batch * max_steps
     data = torch.utils.data.TensorDataset(
         torch.randint(0, SIZE["vocab"], (n, length), generator=g),
         torch.randint(0, SIZE["vocab"], (n, length), generator=g),
     )
     loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=True, num_workers=2)
-    timer = _Timer(warmup)
     trainer = L.Trainer(
         accelerator="gpu",
         devices=1,
         precision="bf16-mixed",
-        max_steps=warmup + steps,
+        max_steps=max_steps,
         gradient_clip_val=clip,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[callback],
         log_every_n_steps=50,
     )
+    return model, loader, trainer
+
+
+def lightning_fit(mixer, impl, batch, length, warmup, steps, clip=1.0, profile=False) -> dict:
+    """(a)/(d): our MambaModule through Lightning's Trainer, as `python -m ... fit` runs it."""
+    timer = _Timer(warmup)
+    model, loader, trainer = fit_setup(mixer, impl, batch, length, warmup + steps, clip, timer)
 
     def run() -> dict:
         trainer.fit(model, loader)
@@ -526,48 +539,21 @@ class _PlainLossModule(MambaModule):
 
 
 def profile_fit(mixer: str, module_cls=MambaModule, clip=1.0, steps: int = 6) -> dict:
-    batch, length, warm = SIZE["batch"], SIZE["length"], 4
-    torch.manual_seed(0)
-    model = module_cls(backbone=lm_config(mixer, "fused"), vocab_size=SIZE["vocab"], warmup_steps=2)
-    g = torch.Generator().manual_seed(0)
-    n = batch * (warm + steps)
-    data = torch.utils.data.TensorDataset(
-        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
-        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
-    )
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=True, num_workers=2)
+    warm = 4
     window = _ProfileWindow(warm, steps)
-    L.Trainer(
-        accelerator="gpu",
-        devices=1,
-        precision="bf16-mixed",
-        max_steps=warm + steps,
-        gradient_clip_val=clip,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[window],
-    ).fit(model, loader)
+    model, loader, trainer = fit_setup(
+        mixer, "fused", SIZE["batch"], SIZE["length"], warm + steps, clip, window, module_cls
+    )
+    trainer.fit(model, loader)
     result = {"wall_ms_per_step": round(window.wall_ms, 2), **kernel_groups(window.prof, steps)}
-    del model
+    del model, trainer
     torch.cuda.empty_cache()
     return result
 
 
 def profile_raw(mixer: str, steps: int = 6) -> dict:
-    model = mamba_ssm_lm(mixer)().cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step = raw_step(mamba_ssm_lm(mixer))
     batches = random_batches(SIZE["batch"], SIZE["length"])
-
-    def step(ids, targets):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(ids).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     for i in range(4):
         step(*batches[i % 4])
     torch.cuda.synchronize()
