@@ -18,6 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig, InferenceParams
@@ -202,6 +203,10 @@ class MambaModule(L.LightningModule):
         if gradient_clip_val and _loss_scaler(self.trainer) is None:
             if gradient_clip_algorithm == "value":
                 torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            elif isinstance(self.trainer.strategy, FSDPStrategy):
+                # each rank holds a shard of the gradients: only FSDP's own clip sees the
+                # global norm (Lightning itself clips FSDP by value only)
+                self.trainer.model.clip_grad_norm_(gradient_clip_val)
             else:
                 torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
             return
