@@ -27,7 +27,6 @@ version and resuming.
 """
 
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -171,7 +170,6 @@ app = modal.App(APP_NAME, image=image)
 
 # --- Checking inputs before any GPU time -----------------------------------------------------
 
-RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 # Set by this file from the Volumes; overriding them would write outside the Volumes.
 RESERVED_OVERRIDES = ("--run.root", "--run.log_root", "--run.id")
 
@@ -328,10 +326,11 @@ def validate_request(
             "Modal. Copy the file into configs/ and pass configs/<name>.yaml."
         )
 
-    if run_id and (not RUN_ID.fullmatch(run_id) or run_id in {".", ".."}):
+    # The CLI's own rule, checked here so a bad id fails before a GPU starts.
+    if run_id and not import_module(f"{PACKAGE}.runs").RUN_ID.fullmatch(run_id):
         raise ValueError(
-            f"--run-id {run_id!r}: use only letters, digits, '.', '_' and '-' "
-            "(no '/' or spaces), e.g. --run-id lm-small-1."
+            f"--run-id {run_id!r}: use only letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 128 (no '/' or spaces), e.g. --run-id lm-small-1."
         )
 
     try:

@@ -299,6 +299,7 @@ def any_config() -> str:
         ({"config": "gpu_stack.toml"}, ["gpu_stack.toml"]),
         ({"run_id": "../escape"}, ["../escape"]),
         ({"run_id": "a b"}, ["a b"]),
+        ({"run_id": "-dash-first"}, ["-dash-first"]),  # the CLI would refuse it in the container
         ({"gpu": "H1000"}, ["H1000"]),
         ({"gpu": "H100:9"}, ["H100:9"]),
         ({"timeout_hours": 25}, ["25"]),
