@@ -100,8 +100,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def unreadable(path: Path) -> str | None:
     """Why `path` is not a complete Lightning checkpoint, or None if it is one."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # mmap: the structure is read, the tensors' bytes are not (Lightning loads them next)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean unusable
         return f"{type(err).__name__}: {err}"
     missing = {"state_dict", "global_step", "loops", "optimizer_states"} - set(state)
