@@ -348,12 +348,17 @@ class _Timer(L.Callback):
         self.steps = trainer.global_step - self.warmup
 
 
-def fit_setup(mixer, impl, batch, length, max_steps, clip, callback, module_cls=MambaModule):
-    """The model, random-token batches and a Trainer as `python -m ... fit` would build them."""
+def fit_setup(
+    mixer, impl, batch, length, max_steps, clip, callback, module_cls=MambaModule, devices=1
+):
+    """The model, random-token batches and a Trainer as `python -m ... fit` would build them.
+
+    With devices > 1 the Trainer runs DDP and each GPU gets its own `batch` per step.
+    """
     torch.manual_seed(0)
     model = module_cls(backbone=lm_config(mixer, impl), vocab_size=SIZE["vocab"], warmup_steps=2)
     g = torch.Generator().manual_seed(0)
-    n = batch * max_steps
+    n = batch * max_steps * devices
     data = torch.utils.data.TensorDataset(
         torch.randint(0, SIZE["vocab"], (n, length), generator=g),
         torch.randint(0, SIZE["vocab"], (n, length), generator=g),
@@ -361,7 +366,8 @@ def fit_setup(mixer, impl, batch, length, max_steps, clip, callback, module_cls=
     loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=True, num_workers=2)
     trainer = L.Trainer(
         accelerator="gpu",
-        devices=1,
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
         precision="bf16-mixed",
         max_steps=max_steps,
         gradient_clip_val=clip,

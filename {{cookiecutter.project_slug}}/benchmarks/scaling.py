@@ -15,7 +15,6 @@ import datetime
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -23,55 +22,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def run_one(devices: int, mixer: str, steps: int, warmup: int) -> dict:
     """Body of one measurement; runs in every DDP rank."""
-    import lightning as L
     import torch
+    from gpu_check import SIZE, _Timer, fit_setup  # the same model, data and Trainer
 
-    from {{ cookiecutter.package_name }}.backbone import BackboneConfig
-    from {{ cookiecutter.package_name }}.module import MambaModule
-
-    batch, length, vocab = 8, 2048, 50280
-    state = {"d_state": 16} if mixer == "Mamba1" else {"d_state": 64, "headdim": 64}
-    config = BackboneConfig(impl="fused", mixer=mixer, d_model=768, n_layer=24, **state)
-    torch.manual_seed(0)
-    model = MambaModule(backbone=config, vocab_size=vocab, warmup_steps=2)
-    n = batch * devices * (warmup + steps)
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(
-        torch.randint(0, vocab, (n, length), generator=g),
-        torch.randint(0, vocab, (n, length), generator=g),
-    )
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=2, pin_memory=True)
-
-    class Timer(L.Callback):
-        def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            if batch_idx == warmup:
-                torch.cuda.synchronize()
-                self.start = time.perf_counter()
-
-        def on_train_end(self, trainer, module):
-            torch.cuda.synchronize()
-            self.seconds = time.perf_counter() - self.start
-
-    timer = Timer()
-    trainer = L.Trainer(
-        accelerator="gpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        precision="bf16-mixed",
-        max_steps=warmup + steps,
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
+    batch, length = SIZE["batch"], SIZE["length"]
+    timer = _Timer(warmup)
+    model, loader, trainer = fit_setup(
+        mixer, "fused", batch, length, warmup + steps, 1.0, timer, devices=devices
     )
     trainer.fit(model, loader)
-    tokens = steps * batch * length * devices
+    tokens = timer.steps * batch * length * devices
     return {
         "devices": devices,
         "ktok_s": tokens / timer.seconds / 1e3,
-        "step_ms": timer.seconds / steps * 1e3,
+        "step_ms": timer.seconds / timer.steps * 1e3,
         "peak_gib_per_gpu": torch.cuda.max_memory_allocated() / 2**30,
         "is_global_zero": trainer.is_global_zero,
     }
