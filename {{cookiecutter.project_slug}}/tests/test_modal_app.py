@@ -681,8 +681,8 @@ def test_two_cluster_nodes_on_one_cpu_machine_train_as_one_job(volumes, children
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert codes == {0: 0, 1: 0}
     output = "".join(capfd.readouterr())
+    assert codes == {0: 0, 1: 0}, output[-8000:]
     assert "Starting with 2 processes" in output
     assert "--trainer.num_nodes=2" in output  # the command each node printed
     ckpt = mounts.runs / "two-nodes" / "checkpoints" / "last.ckpt"

@@ -117,7 +117,18 @@ def test_run_id_is_derived_from_the_config_and_stable(tmp_path):
             f"--run.root={tmp_path}",
         ]
     )
-    assert first.run_id == second.run_id != other.run_id
+    # the kernel policy (what to do without fused kernels) is not part of the experiment
+    same = main(
+        [
+            "fit",
+            *TINY,
+            *LM_DATA,
+            "--model.kernels=warn",
+            "--trainer.fast_dev_run=1",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    assert first.run_id == second.run_id == same.run_id != other.run_id
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ restart never silently begins from scratch.
 
 import sys
 import traceback
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -122,6 +123,8 @@ class MambaCLI(LightningCLI):
                 f"run's own last.ckpt (run id {self.run_id}), or give an existing .ckpt file."
             )
         if self.resume_from is not None:
+            # the run's own checkpoint directory is meant to be reused: no warning about it
+            warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
             rank_zero_info(f"run {self.run_id}: resuming from {self.resume_from}")
             self.config_init.fit["ckpt_path"] = str(self.resume_from)
         else:
@@ -152,7 +155,7 @@ def main(args: list[str] | None = None) -> MambaCLI:
     signal number for a run stopped by SIGINT/SIGTERM after saving last.ckpt.
     """
     try:
-        return MambaCLI(
+        cli = MambaCLI(
             MambaModule,
             LightningDataModule,
             subclass_mode_data=True,
@@ -160,7 +163,8 @@ def main(args: list[str] | None = None) -> MambaCLI:
             args=args,
             auto_configure_optimizers=False,
         )
-    except Interrupted as stop:
+    except Interrupted as stop:  # every rank stops after the same step
+        leave_process_group()
         rank_zero_info(f"{stop}; start the same command again to resume")
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
@@ -169,3 +173,16 @@ def main(args: list[str] | None = None) -> MambaCLI:
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    leave_process_group()
+    return cli
+
+
+def leave_process_group() -> None:
+    """Under DDP: wait until every rank is done, then close the process group.
+
+    A rank that exits while another still holds connections to it can make that one abort
+    (gloo) or warn (NCCL); leaving together, in order, avoids both.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -71,6 +71,8 @@ def derive_run_id(config) -> str:
     for key in ("model", "data", "seed_everything"):
         value = config.get(key)
         experiment[key] = value.as_dict() if hasattr(value, "as_dict") else value
+    if isinstance(experiment["model"], dict):  # the kernel policy is not part of the experiment
+        experiment["model"] = {k: v for k, v in experiment["model"].items() if k != "kernels"}
     digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
     return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem)}-{digest.hexdigest()[:8]}"
 
