@@ -131,6 +131,26 @@ def test_run_id_is_derived_from_the_config_and_stable(tmp_path):
     assert first.run_id == second.run_id == same.run_id != other.run_id
 
 
+def test_throughput_is_logged_in_tokens_and_flops(tmp_path):
+    """Lightning's ThroughputMonitor reports rates once its 100-step window is full."""
+    cli = main(
+        [
+            "fit",
+            *TINY,
+            *LM_DATA,
+            "--trainer.max_steps=101",
+            "--trainer.log_every_n_steps=1",
+            f"--run.root={tmp_path}",
+        ]
+    )
+    logged = {k: float(v) for k, v in cli.trainer.logged_metrics.items()}
+    weights = sum(p.numel() for p in cli.model.parameters() if p.ndim >= 2)
+    tokens_per_s = logged["train/device/items_per_sec"]
+    assert tokens_per_s > 0
+    # training: 6 FLOPs per weight and token (forward and backward)
+    assert logged["train/device/flops_per_sec"] == pytest.approx(6 * weights * tokens_per_s)
+
+
 @pytest.mark.parametrize(
     "config", sorted((PROJECT / "configs").glob("*.yaml")), ids=lambda p: p.name
 )

@@ -96,6 +96,7 @@ class MambaModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")  # classification only
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self._matmul_weights, self._batch_tokens = None, 0
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, inputs: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
@@ -107,8 +108,20 @@ class MambaModule(L.LightningModule):
         pooled = hidden.mean(1) if self.hparams.pooling == "mean" else hidden[:, -1]
         return self.head(pooled)
 
+    @property
+    def flops_per_batch(self) -> int:
+        """FLOPs of the last batch, for Lightning's ThroughputMonitor (MFU on the GPUs it knows).
+
+        The usual estimate: 2 FLOPs per weight per token forward, 6 when training (forward and
+        backward), over every weight matrix (the tied head included); the scan is not counted.
+        """
+        if self._matmul_weights is None:
+            self._matmul_weights = sum(p.numel() for p in self.parameters() if p.ndim >= 2)
+        return (6 if self.training else 2) * self._matmul_weights * self._batch_tokens
+
     def _step(self, batch, metrics: torchmetrics.MetricCollection | None) -> Tensor:
         inputs, targets = batch
+        self._batch_tokens = inputs.shape[0] * inputs.shape[1]
         stage = metrics.prefix.rstrip("/")
         if self.hparams.task == "language_model" and stage == "train":
             # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
