@@ -180,9 +180,13 @@ def main(args: list[str] | None = None) -> MambaCLI:
 def leave_process_group() -> None:
     """Under DDP: wait until every rank is done, then close the process group.
 
-    A rank that exits while another still holds connections to it can make that one abort
-    (gloo) or warn (NCCL); leaving together, in order, avoids both.
+    Without this, a gloo rank that exits at the same moment as its peer can abort with SIGABRT
+    (and fail a run that had finished), and NCCL warns about a process group left open.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":  # NCCL must be told the rank's own GPU
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+        dist.destroy_process_group()
