@@ -159,6 +159,26 @@ def test_stopped_and_restarted_run_equals_an_uninterrupted_one(stop, uninterrupt
     assert_same_run(finished_run(tmp_path, "run"), uninterrupted)
 
 
+def test_run_stopped_by_max_time_continues_where_it_stopped(uninterrupted, tmp_path):
+    """max_time ends a run after some step, usually mid-epoch; without it the run goes on."""
+    first = fit_process(tmp_path, "run", "--trainer.max_time=00:00:00:01")
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output
+    stopped = checkpoint_step(tmp_path / "run" / "checkpoints" / LAST)
+    assert 0 < stopped < MAX_STEPS, output
+    second = fit_process(tmp_path, "run")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    assert f"resuming from {tmp_path / 'run' / 'checkpoints' / LAST}" in output
+    got = finished_run(tmp_path, "run")
+    # Lightning validates once more when a run stops early (logged at the stop step's index)
+    for tag in ("val/loss", "val/acc"):
+        extra = [(step, v) for step, v in got["scalars"][tag] if step == stopped - 1]
+        if extra and (stopped - 1, extra[0][1]) not in uninterrupted["scalars"][tag]:
+            got["scalars"][tag].remove(extra[0])
+    assert_same_run(got, uninterrupted)
+
+
 def test_resumed_loader_continues_mid_epoch_with_the_same_batches():
     data = SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
     loader = data.train_dataloader()
