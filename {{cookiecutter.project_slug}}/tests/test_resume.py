@@ -159,9 +159,22 @@ def test_stopped_and_restarted_run_equals_an_uninterrupted_one(stop, uninterrupt
     assert_same_run(finished_run(tmp_path, "run"), uninterrupted)
 
 
-def test_run_stopped_by_max_time_continues_where_it_stopped(uninterrupted, tmp_path):
-    """max_time ends a run after some step, usually mid-epoch; without it the run goes on."""
-    first = fit_process(tmp_path, "run", "--trainer.max_time=00:00:00:01")
+EARLY_STOPPING = [  # stops at the second validation (step 50): no improvement of 1.0
+    "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+    "--trainer.callbacks.monitor=val/loss",
+    "--trainer.callbacks.patience=0",
+    "--trainer.callbacks.min_delta=1.0",
+]
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [["--trainer.max_time=00:00:00:01"], EARLY_STOPPING],
+    ids=["max_time", "early_stopping"],
+)
+def test_run_ended_early_continues_where_it_stopped(limit, uninterrupted, tmp_path):
+    """max_time (usually mid-epoch) or EarlyStopping ends a run; without it the run goes on."""
+    first = fit_process(tmp_path, "run", *limit)
     output, _ = first.communicate(timeout=300)
     assert first.returncode == 0, output
     stopped = checkpoint_step(tmp_path / "run" / "checkpoints" / LAST)
@@ -171,7 +184,7 @@ def test_run_stopped_by_max_time_continues_where_it_stopped(uninterrupted, tmp_p
     assert second.returncode == 0, output
     assert f"resuming from {tmp_path / 'run' / 'checkpoints' / LAST}" in output
     got = finished_run(tmp_path, "run")
-    # Lightning validates once more when a run stops early (logged at the stop step's index)
+    # Lightning validates once more when max_time stops a run (logged at the stop step's index)
     for tag in ("val/loss", "val/acc"):
         extra = [(step, v) for step, v in got["scalars"][tag] if step == stopped - 1]
         if extra and (stopped - 1, extra[0][1]) not in uninterrupted["scalars"][tag]:
