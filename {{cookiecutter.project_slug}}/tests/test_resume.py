@@ -22,7 +22,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data import SelectiveCopying
-from {{ cookiecutter.package_name }}.runs import LAST, PREVIOUS, AtomicCheckpointIO, LastCheckpoint
+from {{ cookiecutter.package_name }}.runs import (
+    LAST,
+    PREVIOUS,
+    AtomicCheckpointIO,
+    FlushedTensorBoardLogger,
+    LastCheckpoint,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -190,6 +196,20 @@ def test_run_ended_early_continues_where_it_stopped(limit, uninterrupted, tmp_pa
         if extra and (stopped - 1, extra[0][1]) not in uninterrupted["scalars"][tag]:
             got["scalars"][tag].remove(extra[0])
     assert_same_run(got, uninterrupted)
+
+
+def test_every_logged_step_is_in_the_event_file_at_once(tmp_path):
+    """What a kill -9 leaves of the TensorBoard log: every step logged so far.
+
+    Lightning's stock logger holds the last events in a queue (here steps 5 and 6 of 7); a run
+    killed then and resumed from a checkpoint at step 6 would never log them again.
+    """
+    logger = FlushedTensorBoardLogger(save_dir=str(tmp_path), name="", version="")
+    for step in range(7):
+        logger.log_metrics({"train/loss": 1.5 + step, "train/acc": 0.1, "lr": 1e-3}, step=step)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(7))
 
 
 def test_resumed_loader_continues_mid_epoch_with_the_same_batches():

@@ -20,7 +20,6 @@ from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from .module import MambaModule
@@ -28,6 +27,7 @@ from .runs import (
     LAST,
     AtomicCheckpointIO,
     ContinueTensorBoard,
+    FlushedTensorBoardLogger,
     Interrupted,
     LastCheckpoint,
     RunConfig,
@@ -77,7 +77,9 @@ class MambaCLI(LightningCLI):
         trainer_config.setdefault("default_root_dir", str(run_dir))
         if trainer_config.get("logger") in (None, True):
             # A fixed folder per run id (no version_N): a resumed run appends to the same run.
-            trainer_config["logger"] = TensorBoardLogger(save_dir=str(log_dir), name="", version="")
+            trainer_config["logger"] = FlushedTensorBoardLogger(
+                save_dir=str(log_dir), name="", version=""
+            )
         plugins = trainer_config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
