@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
@@ -194,13 +194,10 @@ class Interrupted(Exception):
         return 128 + self.signum  # the shell's convention for "killed by this signal"
 
 
-class LastCheckpoint(Checkpoint):
-    """Keeps last.ckpt current: after each validation, at the last step, and on a signal.
+class LastCheckpoint(Callback):
+    """Keeps last.ckpt current: after each validation, at the end of `fit`, and on a signal.
 
-    The last step is the one that reaches max_steps, or after which another callback stops
-    the run (the Timer of max_time, EarlyStopping): Lightning runs Checkpoint callbacks after
-    all others, so their decision is known here. Lightning's time-based checkpoint
-    (`run.checkpoint_minutes`) covers the time in between.
+    Lightning's time-based checkpoint (`run.checkpoint_minutes`) covers the time in between.
     On SIGINT/SIGTERM the handler only records the signal; after the optimizer step the
     checkpoint is written and Interrupted is raised when the next batch starts, so the
     finished step's metrics are logged (and a validation due at that step has run) as in an
@@ -238,10 +235,9 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop._should_accumulate():
             return
-        if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
-            # The last step (max_steps, or max_time and other stops, which the callbacks
-            # before this one decided): save now, while the loops' counters still match the
-            # data loader's position (at on_train_end Lightning has already moved them on).
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # The last step: save now, while the epoch counter still matches the data
+            # loader's position (at on_train_end Lightning has already moved it on).
             self.save(trainer)
         if not self.previous or self.stop:
             return
