@@ -10,6 +10,7 @@ restart never silently begins from scratch.
 """
 
 import sys
+import time
 import traceback
 import warnings
 from datetime import timedelta
@@ -18,7 +19,14 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+    ThroughputMonitor,
+    TQDMProgressBar,
+)
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -47,6 +55,41 @@ def default_precision() -> str:
 def _tokens(batch) -> int:
     inputs = batch[0]
     return inputs.shape[0] * inputs.shape[1]
+
+
+class LoggedThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor without a GPU sync on every training step.
+
+    The stock callback calls torch.cuda.synchronize() after each batch to time it, which stops
+    the CPU from queueing the next step (and defeats CUDA-graph replay). This one counts every
+    batch but waits for the GPU and times only on the steps that are logged: the rates are
+    over the interval since the previous logged step.
+    """
+
+    def __init__(self, batch_size_fn, length_fn=None):
+        super().__init__(batch_size_fn, length_fn, window_size=2)
+        self._flops_since_update = 0
+
+    def _update(self, trainer, pl_module, batch, iter_num: int) -> None:
+        stage = trainer.state.stage
+        if stage != RunningStage.TRAINING:
+            return super()._update(trainer, pl_module, batch, iter_num)
+        self._samples[stage] += self.batch_size_fn(batch)
+        self._lengths[stage] += self.length_fn(batch) if self.length_fn else 0
+        self._batches[stage] += 1
+        self._flops_since_update += getattr(pl_module, "flops_per_batch", 0)
+        if not trainer._logger_connector.should_update_logs:
+            return
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # once per logged step: the interval's work is done
+        self._throughputs[stage].update(
+            time=time.perf_counter() - self._t0s[stage],
+            batches=self._batches[stage],
+            samples=self._samples[stage],
+            lengths=self._lengths[stage] if self.length_fn else None,
+            flops=self._flops_since_update or None,
+        )
+        self._flops_since_update = 0
 
 
 class MambaCLI(LightningCLI):
@@ -112,11 +155,16 @@ class MambaCLI(LightningCLI):
             LastCheckpoint(ckpt_dir / LAST),
             ContinueTensorBoard(),
             LearningRateMonitor(logging_interval="step"),
-            ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),
+            LoggedThroughput(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),
         ]
+        bar = trainer_config.get("enable_progress_bar") in (None, True)
+        if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            # the bar reads the logged loss from the GPU when it redraws: not on every step
+            callbacks.append(TQDMProgressBar(refresh_rate=10))
         return self._instantiate_trainer(trainer_config, callbacks)
 
     def before_fit(self):
+        self.model.use_cuda_graphs(self.trainer)  # model.cuda_graphs=on where it cannot work
         given = self.config_init.fit.get("ckpt_path")
         special = given in ("last", "best", "hpc", "registry") or "://" in str(given)
         if given is not None and not special and not Path(given).is_file():

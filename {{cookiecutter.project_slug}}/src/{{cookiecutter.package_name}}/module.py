@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from .backbone import Backbone, BackboneConfig, InferenceParams
 from .data import IGNORE_INDEX
+from .graphs import GraphedLoss, Setting, decide
 from .kernels import check_kernels
 from .loss import linear_cross_entropy
 
@@ -41,6 +43,8 @@ class MambaModule(L.LightningModule):
         weight_decay: AdamW decay for weight matrices; never for norms, biases and the
             parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
         kernels: what to do when a fused fast path is missing: require (stop), warn, off.
+        cuda_graphs: replay the training loss's forward and backward from CUDA graphs
+            (graphs.py): auto (wherever it is safe), on (refuse where it cannot work), off.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class MambaModule(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         kernels: Literal["require", "warn", "off"] = "require",
+        cuda_graphs: Setting = "auto",
     ):
         super().__init__()
         _check_hyperparameters(
@@ -97,6 +102,7 @@ class MambaModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._matmul_weights, self._batch_tokens = None, 0
+        self._train_loss_fn = self._train_loss  # GraphedLoss(...) once fit decides to replay
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, inputs: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
@@ -119,18 +125,33 @@ class MambaModule(L.LightningModule):
             self._matmul_weights = sum(p.numel() for p in self.parameters() if p.ndim >= 2)
         return (6 if self.training else 2) * self._matmul_weights * self._batch_tokens
 
-    def _step(self, batch, metrics: torchmetrics.MetricCollection | None) -> Tensor:
-        inputs, targets = batch
-        self._batch_tokens = inputs.shape[0] * inputs.shape[1]
-        stage = metrics.prefix.rstrip("/")
-        if self.hparams.task == "language_model" and stage == "train":
+    def _train_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss and one statistic: LM accuracy, or the classifier's logits.
+
+        Only tensor work, no host syncs and no logging: this is what CUDA graphs replay.
+        """
+        if self.hparams.task == "language_model":
             # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
             hidden = self.backbone(inputs)  # (B, L, D)
             weight = self.backbone.embedding.weight[: self.hparams.vocab_size]
             loss, correct = linear_cross_entropy(hidden, weight, targets)
             scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
-            self.log("train/acc", correct / scored, on_step=True, on_epoch=False, sync_dist=True)
-            metrics = None
+            return loss, correct / scored
+        logits = self(inputs).float()  # (B, K)
+        return F.cross_entropy(logits, targets), logits
+
+    def _step(self, batch, metrics: torchmetrics.MetricCollection | None) -> Tensor:
+        inputs, targets = batch
+        self._batch_tokens = inputs.shape[0] * inputs.shape[1]
+        stage = metrics.prefix.rstrip("/")
+        if stage == "train":
+            loss, stat = self._train_loss_fn(inputs, targets)
+            if self.hparams.task == "language_model":
+                self.log("train/acc", stat, on_step=True, on_epoch=False, sync_dist=True)
+                metrics = None
+            else:
+                scores = stat.softmax(-1)
+                metrics.update(scores[:, 1] if self.hparams.num_classes == 2 else scores, targets)
         elif self.hparams.task == "language_model":
             logits = self(inputs)[..., : self.hparams.vocab_size].float()  # drop padded rows
             loss = F.cross_entropy(
@@ -159,9 +180,29 @@ class MambaModule(L.LightningModule):
 
     # --------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
-        """Runs on every process before training/evaluation: check the fused kernels."""
+        """Runs on every process before training/evaluation: check the fused kernels and
+        decide whether the training loss replays from CUDA graphs."""
         if self.backbone.impl == "fused":
             check_kernels(self.hparams.kernels)
+        if stage == "fit":
+            self._train_loss_fn = self._train_loss
+            if self.use_cuda_graphs(self.trainer):
+                self._train_loss_fn = GraphedLoss(self, self._train_loss)
+
+    def use_cuda_graphs(self, trainer: L.Trainer) -> bool:
+        """model.cuda_graphs resolved for this trainer; raises ValueError for `on` where it
+        cannot work (the CLI calls this before anything is written)."""
+        replay, reason = decide(
+            self.hparams.cuda_graphs,
+            device_type=trainer.strategy.root_device.type,
+            world_size=trainer.world_size,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            precision=str(trainer.precision),
+            impl=self.backbone.impl,
+        )
+        if self.hparams.cuda_graphs != "off":
+            rank_zero_info(f"cuda_graphs {'on' if replay else 'off'}: {reason}")
+        return replay
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, self.train_metrics)

@@ -64,6 +64,10 @@ class RunConfig:
             )
 
 
+# model settings that change how fast a run goes, not what it learns: not part of the run id
+POLICIES = ("kernels", "cuda_graphs")
+
+
 def derive_run_id(config) -> str:
     """<config stem>-<8 hex>: the same experiment config gives the same id on every start."""
     configs = config.get("config") or []
@@ -73,7 +77,7 @@ def derive_run_id(config) -> str:
         value = config.get(key)
         experiment[key] = value.as_dict() if hasattr(value, "as_dict") else value
     if isinstance(experiment["model"], dict):  # the kernel policy is not part of the experiment
-        experiment["model"] = {k: v for k, v in experiment["model"].items() if k != "kernels"}
+        experiment["model"] = {k: v for k, v in experiment["model"].items() if k not in POLICIES}
     digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
     return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem)}-{digest.hexdigest()[:8]}"
 
