@@ -3,10 +3,10 @@
     python benchmarks/scaling.py --devices 1 2        # or: --devices 1 8
     python benchmarks/scaling.py --mixer Mamba2
 
-The model is the 129M language model of gpu_check.py (24 layers, d_model 768, vocab 50280),
-fused kernels, bf16, B=8 per GPU, L=2048: each GPU gets its own batch (data parallel), so the
-ideal is N times the one-GPU rate. Efficiency = rate(N) / (N * rate(1)). Each N runs in its own
-`python` process, because Lightning's DDP starts one process per GPU from this script.
+The model is the 129M language model of gpu_check.py (benchmarks/gpu/common.py: 24 layers,
+d_model 768, vocab 50280), fused kernels, bf16, B=8 per GPU, L=2048: each GPU gets its own
+batch (data parallel), so the ideal is N times the one-GPU rate. Efficiency = rate(N) /
+(N * rate(1)). Each N runs in its own `python` process, because Lightning's DDP starts one process per GPU from this script.
 Writes benchmarks/results/scaling.json.
 """
 
@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def run_one(devices: int, mixer: str, steps: int, warmup: int) -> dict:
     """Body of one measurement; runs in every DDP rank."""
     import torch
-    from gpu_check import SIZE, _Timer, fit_setup  # the same model, data and Trainer
+    from gpu.common import SIZE, _Timer, fit_setup  # the same model, data and Trainer
 
     batch, length = SIZE["batch"], SIZE["length"]
     timer = _Timer(warmup)

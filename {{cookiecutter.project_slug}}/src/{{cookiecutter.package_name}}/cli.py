@@ -26,8 +26,8 @@ from lightning.pytorch.callbacks import (
     ThroughputMonitor,
     TQDMProgressBar,
 )
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info
 
 from .module import MambaModule

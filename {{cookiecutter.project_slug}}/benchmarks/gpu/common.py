@@ -1,0 +1,243 @@
+"""What every GPU measurement shares: the benchmark model's size, its Trainer, the raw loops.
+
+The (a) rows build the model, data and Trainer the way `python -m <package> fit` does; the
+(b) and (c) rows are plain PyTorch loops over mamba-ssm's and HF transformers' own language models.
+"""
+
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from {{ cookiecutter.package_name }}.backbone import BackboneConfig
+from {{ cookiecutter.package_name }}.module import MambaModule
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+def table(rows: list[dict], title: str) -> None:
+    print(f"\n== {title}")
+    if not rows:
+        return
+    keys = list(rows[0])
+    print(" | ".join(f"{k:>12s}" for k in keys))
+    for row in rows:
+        cells = [f"{v:12.3e}" if isinstance(v, float) else f"{v!s:>12s}" for v in row.values()]
+        print(" | ".join(cells))
+
+
+SIZE = {"d_model": 768, "n_layer": 24, "vocab": 50280, "batch": 8, "length": 2048}
+MIXER_STATE = {"Mamba1": {"d_state": 16}, "Mamba2": {"d_state": 128, "headdim": 64}}
+
+
+def lm_config(mixer: str, impl: str) -> BackboneConfig:
+    return BackboneConfig(
+        impl=impl,
+        mixer=mixer,
+        d_model=SIZE["d_model"],
+        n_layer=SIZE["n_layer"],
+        chunk_size=256,
+        **MIXER_STATE[mixer],
+    )
+
+
+def timed_loop(step, batches, warmup: int, steps: int) -> dict:
+    for i in range(warmup):
+        step(*batches[i % len(batches)])
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(*batches[i % len(batches)])
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    tokens = steps * batches[0][0].numel()
+    return {
+        "ktok_s": tokens / seconds / 1e3,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "step_ms": seconds / steps * 1e3,
+    }
+
+
+def random_batches(batch: int, length: int, n: int = 4, device="cuda", vocab=SIZE["vocab"]):
+    g = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randint(0, vocab, (batch, length), generator=g).to(device),
+            torch.randint(0, vocab, (batch, length), generator=g).to(device),
+        )
+        for _ in range(n)
+    ]
+
+
+def profiled(run, steps: int) -> dict:
+    """Top CUDA kernels by time, and GPU-busy time per step (vs wall time: launch gaps)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        result = run()
+    averages = prof.key_averages()
+    total = sum(e.self_device_time_total for e in averages)  # microseconds
+    top = sorted(averages, key=lambda e: e.self_device_time_total, reverse=True)[:15]
+    result["gpu_busy_ms_per_step"] = total / 1e3 / steps
+    result["profile_top_kernels"] = [
+        {"name": e.key[:90], "share": e.self_device_time_total / max(total, 1), "calls": e.count}
+        for e in top
+    ]
+    return result
+
+
+def raw_step(model_fn):
+    """(b)/(c)'s training step: bf16 autocast, float32 logits, plain cross-entropy, fused AdamW."""
+    model = model_fn().cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step(ids, targets):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def raw_loop(model_fn, batch, length, warmup, steps, profile=False, vocab=SIZE["vocab"]) -> dict:
+    """(b)/(c): a plain PyTorch loop over a ready-made model."""
+    step = raw_step(model_fn)
+
+    def run() -> dict:
+        return timed_loop(step, random_batches(batch, length, vocab=vocab), warmup, steps)
+
+    return profiled(run, warmup + steps) if profile else run()
+
+
+class _Timer(L.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.start, self.steps = warmup, None, 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self.start
+        self.steps = trainer.global_step - self.warmup
+
+
+def fit_setup(
+    mixer,
+    impl,
+    batch,
+    length,
+    max_steps,
+    clip,
+    callback,
+    module_cls=MambaModule,
+    devices=1,
+    cuda_graphs="auto",
+):
+    """The model, random-token batches and a Trainer as `python -m ... fit` would build them.
+
+    With devices > 1 the Trainer runs DDP and each GPU gets its own `batch` per step.
+    """
+    torch.manual_seed(0)
+    model = module_cls(
+        backbone=lm_config(mixer, impl),
+        vocab_size=SIZE["vocab"],
+        warmup_steps=2,
+        cuda_graphs=cuda_graphs,
+    )
+    g = torch.Generator().manual_seed(0)
+    n = batch * max_steps * devices
+    data = torch.utils.data.TensorDataset(
+        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
+        torch.randint(0, SIZE["vocab"], (n, length), generator=g),
+    )
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, pin_memory=True, num_workers=2)
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision="bf16-mixed",
+        max_steps=max_steps,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        log_every_n_steps=50,
+    )
+    return model, loader, trainer
+
+
+def lightning_fit(
+    mixer, impl, batch, length, warmup, steps, clip=1.0, profile=False, cuda_graphs="auto"
+) -> dict:
+    """(a)/(d): our MambaModule through Lightning's Trainer, as `python -m ... fit` runs it."""
+    timer = _Timer(warmup)
+    model, loader, trainer = fit_setup(
+        mixer, impl, batch, length, warmup + steps, clip, timer, cuda_graphs=cuda_graphs
+    )
+
+    def run() -> dict:
+        trainer.fit(model, loader)
+        return {
+            "ktok_s": timer.steps * batch * length / timer.seconds / 1e3,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "step_ms": timer.seconds / timer.steps * 1e3,
+        }
+
+    result = profiled(run, warmup + steps) if profile else run()
+    torch.cuda.empty_cache()
+    return result
+
+
+def mamba_ssm_lm(mixer, vocab=SIZE["vocab"]):
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    config = MambaConfig(
+        d_model=SIZE["d_model"],
+        n_layer=SIZE["n_layer"],
+        vocab_size=vocab,
+        ssm_cfg={"layer": mixer, **MIXER_STATE[mixer]},
+        rms_norm=True,
+        residual_in_fp32=True,
+        fused_add_norm=True,
+    )
+    return lambda: MambaLMHeadModel(config)
+
+
+def hf_mamba_lm():
+    from transformers import MambaConfig, MambaForCausalLM
+
+    config = MambaConfig(
+        vocab_size=SIZE["vocab"],
+        hidden_size=SIZE["d_model"],
+        num_hidden_layers=SIZE["n_layer"],
+        state_size=16,
+        expand=2,
+        conv_kernel=4,
+        use_mambapy=False,
+    )
+    return lambda: MambaForCausalLM(config)
+
+
+def guarded(fn, *args, **kwargs) -> dict:
+    try:
+        return fn(*args, **kwargs)
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        return {"error": f"out of memory: {str(err).splitlines()[0]}"}
+    except Exception as err:  # report and carry on with the other measurements
+        torch.cuda.empty_cache()
+        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
