@@ -96,3 +96,31 @@ def test_recurrent_decoding_with_fused_kernels_matches_reference(mixer):
                 steps.append(model(ids[:, t : t + 1], inference_params=params))
             outs.append(torch.cat(steps, 1))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+
+
+def test_a_checkpoint_written_on_the_cpu_resumes_on_the_gpu_with_the_fused_kernels(tmp_path):
+    """The CPU run (reference twin) writes last.ckpt; the same command on the GPU continues it."""
+    import os
+    import subprocess
+    import sys
+
+    from {{ cookiecutter.package_name }}.cli import main
+
+    args = [
+        "fit",
+        "--config=configs/default.yaml",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        f"--run.root={tmp_path}",
+        "--run.id=cpu-to-gpu",
+    ]
+    package = "{{ cookiecutter.package_name }}"
+    cpu = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run(
+        [sys.executable, "-m", package, *args, "--trainer.max_steps=20"], env=cpu, check=True
+    )
+    cli = main([*args, "--trainer.max_steps=30"])
+    assert cli.model.backbone.impl == "fused"
+    assert cli.trainer.global_step == 30  # continued from step 20, not from scratch
+    state = cli.trainer.optimizers[0].state
+    assert all(int(s["step"]) == 30 for s in state.values())
