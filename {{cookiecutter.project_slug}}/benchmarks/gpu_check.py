@@ -14,7 +14,8 @@ Sections, one module each in benchmarks/gpu/:
               mamba-ssm's MambaLMHeadModel, (c) HF transformers' MambaForCausalLM (Mamba1),
               (d) our reference twin; peak memory for each; L=8192
   cli         cli_row.py: the real `python -m ... fit` at that size (byte vocabulary) against
-              the raw loop, timed from the command's own logs; configs/default.yaml's steps/s
+              the raw loop, timed from the command's own logs
+  small       cli_row.py: configs/default.yaml's training steps per second
   profile     profile.py: ms per step by kernel group for (a) variants and (b)
   copying     copying.py: selective copying at the paper's model size, time to accuracy
 
@@ -31,29 +32,31 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from gpu.cli_row import section_cli
+from gpu.cli_row import section_cli, section_small
 from gpu.copying import section_copying
 from gpu.parity import section_kernels, section_parity
 from gpu.profile import section_profile
 from gpu.throughput import section_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CLI_ROWS = ("cli", "raw_vocab", "ratio_cli")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="kernels,parity,throughput,cli")
+    parser.add_argument("--sections", default="kernels,parity,throughput,cli,small")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per throughput run")
     parser.add_argument("--out", default=str(RESULTS / "gpu_check.json"))
     parser.add_argument("--copying-seconds", type=float, default=120)
     parser.add_argument("--copying-length", type=int, default=4096)
+    parser.add_argument("--mixers", default="Mamba1,Mamba2", help="for throughput and cli")
+    parser.add_argument("--quick", action="store_true", help="throughput: only the ratio rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_check needs a CUDA GPU; run it on one (modal run modal_app.py::gpu_check).")
     import mamba_ssm
     import transformers
 
+    mixers = args.mixers.split(",")
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
     report.update(
@@ -71,29 +74,22 @@ def main() -> None:
     sections = {
         "kernels": section_kernels,
         "parity": section_parity,
-        "throughput": lambda: section_throughput(args.steps),
-        "cli": lambda: section_cli(args.steps),
+        "throughput": lambda: section_throughput(args.steps, mixers, args.quick),
+        "cli": lambda: section_cli(args.steps, mixers),
+        "small": section_small,
         "copying": lambda: section_copying(args.copying_seconds, args.copying_length),
         "profile": section_profile,
     }
     for name in args.sections.split(","):
         result = sections[name]()
-        if name == "cli":  # beside the other rows of each mixer, as the README's table shows
-            small = result.pop("small_config")
-            report["small_config"] = small
-            report["small_config_it_s"] = small["graphs"].get("it_s")
+        if name in ("cli", "throughput"):  # each mixer's rows side by side, as in the README
             for mixer, rows in result.items():
                 report.setdefault("throughput", {}).setdefault(mixer, {}).update(rows)
+        elif name == "small":
+            report["small_config"] = result
+            report["small_config_it_s"] = result["graphs"].get("it_s")
         else:
-            kept = {  # the cli section's rows survive a new throughput section
-                m: {k: v for k, v in r.items() if k.startswith(CLI_ROWS)}
-                for m, r in report.get("throughput", {}).items()
-                if isinstance(r, dict)
-            }
             report[name] = result
-            if name == "throughput":
-                for mixer, rows in kept.items():
-                    report["throughput"].setdefault(mixer, {}).update(rows)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {out}")

@@ -6,7 +6,8 @@
 The model is the 129M language model of gpu_check.py (benchmarks/gpu/common.py: 24 layers,
 d_model 768, vocab 50280), fused kernels, bf16, B=8 per GPU, L=2048: each GPU gets its own
 batch (data parallel), so the ideal is N times the one-GPU rate. Efficiency = rate(N) /
-(N * rate(1)). Each N runs in its own `python` process, because Lightning's DDP starts one process per GPU from this script.
+(N * rate(1)). Each N runs in its own `python` process, because Lightning's DDP starts one
+process per GPU from this script.
 Writes benchmarks/results/scaling.json.
 """
 

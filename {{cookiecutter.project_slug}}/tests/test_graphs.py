@@ -81,6 +81,7 @@ def test_cuda_graphs_on_without_a_gpu_stops_the_cli_with_one_line_and_writes_not
 
 # --------------------------------------------------------------------------- on a GPU
 
+
 def on_gpu(test):
     marks = [
         pytest.mark.gpu,
@@ -170,9 +171,11 @@ def test_replayed_training_equals_eager_training_in_float32(mixer, mlp, shape):
     batch, length, ragged = shape
     loader = batches(25, batch, length, ragged)
     eager, eager_losses, _ = train(mixer, mlp, False, loader)
+    again, _, _ = train(mixer, mlp, False, loader)
     replayed, replayed_losses, model = train(mixer, mlp, True, loader)
     assert len(model._train_loss_fn.graphs) == (2 if ragged else 1)  # one capture per shape
-    assert worst_relative(replayed, eager) <= 1e-6
+    spread, error = worst_relative(again, eager), worst_relative(replayed, eager)
+    assert error <= 1e-6, f"replayed vs eager {error:.2e}; eager vs eager {spread:.2e}"
     assert replayed_losses == pytest.approx(eager_losses, rel=1e-6)
 
 
@@ -188,11 +191,17 @@ def test_replayed_training_follows_the_eager_loss_curve_in_bf16(mixer):
 
 
 @on_gpu
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "replayed"])
 @pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
-def test_resume_mid_epoch_while_replaying_equals_an_uninterrupted_run(mixer, tmp_path):
+def test_resume_mid_epoch_equals_an_uninterrupted_run(mixer, graphs, tmp_path):
     loader = batches(30, 4, 64)  # 30 steps an epoch: the step-20 checkpoint is mid-epoch
     every_20 = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=20, save_top_k=-1)
-    whole, whole_losses, _ = train(mixer, False, True, loader, callbacks=[every_20])
-    resumed, resumed_losses, _ = train(mixer, False, True, loader, ckpt=tmp_path / "step=20.ckpt")
-    assert worst_relative(resumed, whole) <= 1e-6
+    whole, whole_losses, _ = train(mixer, False, graphs, loader, callbacks=[every_20])
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    resumed, resumed_losses, _ = train(mixer, False, graphs, loader, ckpt=tmp_path / "step=20.ckpt")
+    error = worst_relative(resumed, whole)
+    assert error <= 1e-6, (
+        f"resumed vs whole {error:.2e}; saved {saved}; {len(resumed_losses)} resumed losses; "
+        f"first {resumed_losses[:3]} vs {whole_losses[19:23]}"
+    )
     assert resumed_losses == pytest.approx(whole_losses[20:], rel=1e-6)

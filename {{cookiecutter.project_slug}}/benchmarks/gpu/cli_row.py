@@ -4,7 +4,8 @@ cli:   configs/text.yaml at the benchmark size (24 x 768, B=8, L=2048, byte voca
        bf16, clipping 1.0) on a random text file, against a raw mamba-ssm loop of the same
        shape and vocabulary in the same process tree: ms per step from the TensorBoard wall
        times of the logged steps 40 to 160.
-small: configs/default.yaml as shipped (the laptop demo), training steps per second.
+small: configs/default.yaml as shipped (the laptop demo), training steps per second, with and
+       without CUDA graphs.
 """
 
 import random
@@ -91,13 +92,18 @@ def small_config(steps: int = 1200, cuda_graphs: str = "auto") -> dict:
     return {"it_s": 1 / seconds_per_step(points, 200, steps - 100)}
 
 
-def section_cli(steps: int) -> dict:
+def section_small() -> dict:
+    small = {"graphs": guarded(small_config), "eager": guarded(small_config, cuda_graphs="off")}
+    table([{"run": k, **v} for k, v in small.items()], "configs/default.yaml, steps/s")
+    return small
+
+
+def section_cli(steps: int, mixers=("Mamba1", "Mamba2")) -> dict:
     batch, length = SIZE["batch"], SIZE["length"]
     results = {}
-    for mixer in ("Mamba1", "Mamba2"):
+    for mixer in mixers:
         r = {
             "cli": guarded(cli_fit, mixer),
-            "cli_eager": guarded(cli_fit, mixer, cuda_graphs="off"),
             "raw_vocab256": guarded(
                 raw_loop, mamba_ssm_lm(mixer, vocab=256), batch, length, 5, steps, vocab=256
             ),
@@ -113,7 +119,4 @@ def section_cli(steps: int) -> dict:
         ]
         table(rows, f"`fit` as a user runs it, {mixer}: 24 x 768, byte vocab, B=8, L=2048, bf16")
         print({k: v for k, v in r.items() if k.startswith("ratio")})
-    small = {"graphs": guarded(small_config), "eager": guarded(small_config, cuda_graphs="off")}
-    table([{"run": k, **v} for k, v in small.items()], "configs/default.yaml, steps/s")
-    results["small_config"] = small
     return results

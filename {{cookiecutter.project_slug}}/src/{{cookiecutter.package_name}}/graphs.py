@@ -97,6 +97,13 @@ class GraphedLoss:
                 return self.fn(*inputs)
             shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in inputs)
             rank_zero_info(f"capturing CUDA graphs of the training loss for inputs {shapes}")
+            # the parameters' gradient accumulators were made on the warm-up's side stream;
+            # torch orders the streams itself, so its warning about the mismatch is noise here
+            quiet = getattr(
+                torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None
+            )
+            if quiet is not None:
+                quiet(False)
             graphed = torch.cuda.make_graphed_callables(
                 _Capture(self.owner, self.fn),
                 tuple(t.detach() for t in inputs),
