@@ -47,7 +47,15 @@ from typing import Literal
 import modal
 import modal.experimental
 
-from {{ cookiecutter.package_name }} import launch
+try:
+    from {{ cookiecutter.package_name }} import launch
+except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
+    print(
+        f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
+        "`pip install pyyaml && pip install --no-deps -e .` in the project folder.",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 APP_NAME = "{{ cookiecutter.project_slug }}"

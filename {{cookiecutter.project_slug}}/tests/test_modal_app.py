@@ -11,6 +11,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,12 +123,20 @@ def assert_local_files_last(layers) -> None:
     assert after == ["local"] * len(after), f"build step after local files: {kinds}"
 
 
+def attached_files(layers) -> list[tuple[Path, str]]:
+    """(local path, container path) of every local file the image attaches."""
+    mounts = [synchronizer._translate_in(m) for kind, m in layers if kind == "local"]
+    return [
+        (Path(local), str(remote))
+        for m in mounts
+        for e in m._entries
+        for local, remote in e.get_files_to_upload()
+    ]
+
+
 def shipped_files(layers) -> set[str]:
     """Container paths of every local file the image attaches."""
-    mounts = [synchronizer._translate_in(m) for kind, m in layers if kind == "local"]
-    return {
-        str(remote) for m in mounts for e in m._entries for _, remote in e.get_files_to_upload()
-    }
+    return {remote for _, remote in attached_files(layers)}
 
 
 def pins_of(command: str) -> dict[str, str]:
@@ -151,6 +160,7 @@ def test_pins_file_holds_the_expected_versions_in_install_order():
         pins.update(pins_of(step["run"]))
     assert pins == EXPECTED_PINS
     assert STACK["image"] == {"base": "nvidia/cuda:12.8.1-devel-ubuntu22.04", "python": PYTHON}
+    assert STACK["torch"] == {"cuda": "12.8", "cxx11_abi": True}  # the build the wheels fit
 
 
 def test_every_install_after_torch_holds_torch_and_kernels_skip_build_isolation():
@@ -319,7 +329,25 @@ def test_local_files_come_last_and_ship_package_configs_and_pins(version):
     }
     assert sources and sources <= shipped
     assert "/root/benchmarks/gpu_check.py" in shipped  # for modal_app.gpu_check
+    assert "/root/scripts/install_gpu.py" in shipped  # modal_app.py builds its steps with it
     assert not any("__pycache__" in path or "/." in path for path in shipped)
+
+
+def test_the_container_imports_modal_app_from_the_shipped_files_alone(tmp_path):
+    """A container's /root holds modal_app.py and the files the image attaches, nothing else."""
+    root = tmp_path / "root"
+    for local, remote in attached_files(render(modal_app.image, BUILDER_VERSIONS[-1])):
+        target = root / Path(remote).relative_to("/root")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+    shutil.copyfile(PROJECT / "modal_app.py", root / "modal_app.py")
+    code = f"import modal_app, {PACKAGE}; print({PACKAGE}.__file__)"
+    env = {**clean_env(tmp_path), "PYTHONPATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(root / PACKAGE / "__init__.py")
 
 
 def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
@@ -352,6 +380,21 @@ def test_importing_modal_app_needs_no_token_and_no_torch(tmp_path):
     )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "False"
+
+
+def test_a_missing_local_dependency_is_one_error_line_with_the_install_command(tmp_path):
+    (tmp_path / "yaml.py").write_text("raise ModuleNotFoundError(\"No module named 'yaml'\")\n")
+    env = {**clean_env(tmp_path), "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    out = subprocess.run(
+        [sys.executable, "-c", "import modal_app"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: No module named 'yaml'") and out.stderr.count("\n") == 1
+    assert "pip install pyyaml && pip install --no-deps -e ." in out.stderr
 
 
 # --- Function spec and inputs -----------------------------------------------------------------
