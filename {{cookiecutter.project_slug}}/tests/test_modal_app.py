@@ -397,7 +397,7 @@ def test_a_missing_local_dependency_is_one_error_line_with_the_install_command(t
     assert "pip install pyyaml && pip install --no-deps -e ." in out.stderr
 
 
-# --- Function spec and inputs -----------------------------------------------------------------
+# --- Function spec and the entrypoint ---------------------------------------------------------
 
 
 def test_train_function_spec_has_gpu_fallbacks_timeout_retries_and_volumes():
