@@ -1,29 +1,32 @@
 """Where it runs: the same LightningCLI training, on Modal GPUs.
 
-    modal run modal_app.py --config configs/<name>.yaml
-    modal run modal_app.py --config configs/<name>.yaml --overrides "--trainer.max_steps=20000"
+    modal run --detach modal_app.py --config configs/<name>.yaml
+    modal run --detach modal_app.py --config configs/<name>.yaml --overrides "--trainer.max_steps=9"
     modal run --detach modal_app.py --config configs/<name>.yaml --gpu H100:2
-    CLUSTER_NODES=2 modal run modal_app.py --config configs/<name>.yaml --nodes 2  # 2 x 8 GPUs
+    CLUSTER_NODES=2 modal run --detach modal_app.py --config configs/<name>.yaml --nodes 2
     modal run modal_app.py::prepare_text --path /vol/data/corpus.txt
     modal deploy modal_app.py                          # keeps the TensorBoard endpoint up
 
+The file reads top to bottom: the image, the Volumes, the training functions, the entrypoint,
+then the helpers (GPU check, data preparation, TensorBoard).
+
 What happens where:
-- On your machine, `main` checks every input (config path, run id, GPUs, nodes, timeout)
-  before any GPU time is spent, then calls `train` (one container) or `train_cluster`
-  (several) remotely. The number of GPUs follows the config's `trainer.devices` and
-  `trainer.num_nodes`, after --overrides, unless --gpu names it.
+- On your machine, `main` checks every input with `{{ cookiecutter.package_name }}.launch` (config path, run id,
+  GPUs, nodes, timeout) before any GPU time is spent, without importing torch or Lightning.
+  Then it spawns `train` (one container) or `train_cluster` (several) and waits for the call.
+  A spawned call outlives the 24 hours of a `.remote()` call, and with `--detach` it runs on
+  when your terminal closes; every retried attempt resumes from last.ckpt.
 - In the container, `train` reports which fast kernels are active (and with `--kernels require`
-  stops if one is missing), then runs `python -m <package> fit ...` as a child process, with
-  the Volumes' paths as the run root. Lightning re-launches that command once per further GPU
-  (DDP), which is why training is a child process rather than a function call. Whenever a
-  `last.ckpt` changes, the checkpoint and log Volumes are committed, so a retried or preempted
-  attempt resumes from it: the CLI resumes by itself when
-  `<run root>/<run id>/checkpoints/last.ckpt` exists, in every process.
+  stops if one is missing), then runs `python -m {{ cookiecutter.package_name }} fit ...` as a child process,
+  with the Volumes' paths as the run root. Lightning re-launches that command once per further
+  GPU (DDP), which is why training is a child process rather than a function call. Whenever a
+  `last.ckpt` changes, the Volumes are committed, so a retried or preempted attempt resumes
+  from it: the CLI resumes by itself when `<run root>/<run id>/checkpoints/last.ckpt` exists.
 - `train_cluster` runs the same child in every container of a Modal cluster, with the
   environment variables Lightning reads to join the nodes into one job.
 
-docs/modal.md explains the GPU choice, several GPUs and nodes, `--detach`, the image builder
-version and resuming.
+docs/modal.md explains the GPU choice, several GPUs and nodes, `--detach`, the image, the
+Hugging Face cache and resuming.
 """
 
 import os
@@ -32,17 +35,27 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from importlib.util import find_spec
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Literal
 
 import modal
 import modal.experimental
-import yaml
+
+try:
+    from {{ cookiecutter.package_name }} import launch
+except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
+    print(
+        f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
+        "`pip install pyyaml && pip install --no-deps -e .` in the project folder.",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 APP_NAME = "{{ cookiecutter.project_slug }}"
@@ -51,100 +64,26 @@ APP_NAME = "{{ cookiecutter.project_slug }}"
 # /root/modal_app.py, and the image below puts everything it needs next to it in /root.
 HERE = Path(__file__).resolve().parent
 STACK_FILE = HERE / "gpu_stack.toml"
+INSTALL_SCRIPT = HERE / "scripts" / "install_gpu.py"
 
-# --- GPUs ------------------------------------------------------------------------------------
-
-# GPU types Modal knows (case-insensitive), with memory in GB.
-GPU_MEMORY_GB = {
-    "T4": 16,
-    "L4": 24,
-    "A10": 24,
-    "A10G": 24,
-    "A100": 40,
-    "A100-40GB": 40,
-    "L40S": 48,
-    "A100-80GB": 80,
-    "H100": 80,
-    "H100!": 80,
-    "RTX-PRO-6000": 96,
-    "H200": 141,
-    "B200": 180,
-    "B200+": 180,
-}
-MAX_GPUS_PER_CONTAINER = {"A10": 4, "A10G": 4}  # 8 for every other type
-FALLBACK_CANDIDATES = ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200", "B200"]
-
-
-def gpu_fallbacks(first: str, extra: int = 2) -> list[str]:
-    """`first`, then the `extra` closest GPU types with at least as much memory.
-
-    Modal takes the first type in the list that has capacity, and a config that fits the first
-    GPU's memory also fits the fallbacks.
-    """
-    need = GPU_MEMORY_GB[first]
-    larger = [g for g in FALLBACK_CANDIDATES if g != first and GPU_MEMORY_GB[g] >= need]
-    return [first, *sorted(larger, key=GPU_MEMORY_GB.__getitem__)[:extra]]
-
-
-GPUS = gpu_fallbacks("{{ cookiecutter.modal_gpu }}")
-
-# --- Several nodes ---------------------------------------------------------------------------
-
-# A Modal cluster is a group of containers started together on a private network, each holding
-# every GPU of its host. Modal fixes the group's size when the app is defined, which is before
-# `main` sees its arguments, so the size comes from the environment of `modal run`:
-#     CLUSTER_NODES=4 modal run modal_app.py --config ... --nodes 4
-# Without CLUSTER_NODES the app has no cluster function at all, so runs on one container never
-# depend on the workspace's access to clusters.
-GPUS_PER_NODE = 8
-MAX_CLUSTER_NODES = 32  # Modal's documented limit per cluster; larger ones on request
+# The generated GPU type, then the two closest with at least as much memory: Modal takes the
+# first that has capacity.
+GPUS = launch.gpu_fallbacks("{{ cookiecutter.modal_gpu }}")
+GPUS_PER_NODE = launch.GPUS_PER_NODE
 CLUSTER_GPU = GPUS[0] if GPUS[0] in {"H100", "H200", "B200"} else "H100"
 RENDEZVOUS_PORT = 29500  # torch.distributed's usual port for the main node
 
+# A Modal cluster's size is fixed when the app is defined, which is before `main` sees its
+# arguments, so it comes from the environment of `modal run`:
+#     CLUSTER_NODES=4 modal run modal_app.py --config ... --nodes 4
+# Without CLUSTER_NODES the app has no cluster function at all, so runs on one container never
+# depend on the workspace's access to clusters.
+CLUSTER_NODES = launch.cluster_size(os.environ.get("CLUSTER_NODES"))
 
-def cluster_size(value: str | None) -> int:
-    """The number of containers of `train_cluster` from $CLUSTER_NODES; 0 when it is unset."""
-    if not value:
-        return 0
-    if not (value.isdigit() and 2 <= int(value) <= MAX_CLUSTER_NODES):
-        raise ValueError(
-            f"CLUSTER_NODES={value!r}: use a whole number from 2 to {MAX_CLUSTER_NODES}, the "
-            "same as --nodes, e.g. CLUSTER_NODES=4 modal run modal_app.py ... --nodes 4."
-        )
-    return int(value)
-
-
-CLUSTER_NODES = cluster_size(os.environ.get("CLUSTER_NODES"))
-
-# --- Time limits and retries -----------------------------------------------------------------
-
-MAX_TIMEOUT_HOURS = 24  # Modal's limit for one attempt
-TIMEOUT_HOURS = 12  # per attempt; a timed-out attempt is retried and resumes from last.ckpt
+# One attempt lasts at most TIMEOUT_HOURS; a failed or timed-out attempt is retried and
+# resumes from last.ckpt, so a run may take up to 5 x 12 hours.
+TIMEOUT_HOURS = launch.TIMEOUT_HOURS
 RETRIES = modal.Retries(max_retries=4, backoff_coefficient=1.0, initial_delay=10.0)
-
-# --- The image: one layer per step of gpu_stack.toml, local files last ------------------------
-
-
-def not_source(path: Path) -> bool:
-    """Files to leave behind: caches, bytecode, hidden files and folders."""
-    return path.suffix == ".pyc" or any(p.startswith(".") or p == "__pycache__" for p in path.parts)
-
-
-stack = tomllib.loads(STACK_FILE.read_text(encoding="utf-8"))
-image = modal.Image.from_registry(stack["image"]["base"], add_python=stack["image"]["python"])
-for step in stack["steps"]:
-    image = image.run_commands(step["run"])
-image = (
-    image.env({"PYTHONUNBUFFERED": "1"})
-    # Local files go last: they are attached when a container starts instead of being baked
-    # into a layer, and Modal refuses any build step after them.
-    .add_local_dir(HERE / "src" / PACKAGE, f"/root/{PACKAGE}", ignore=not_source)
-    .add_local_dir(HERE / "configs", "/root/configs", ignore=not_source)
-    .add_local_file(STACK_FILE, "/root/gpu_stack.toml")
-    .add_local_dir(HERE / "benchmarks", "/root/benchmarks", ignore=not_source)
-)
-
-# --- Volumes ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -154,235 +93,61 @@ class Mounts:
     data: Path = Path("/vol/data")  # datasets: `modal volume put` uploads here
     runs: Path = Path("/vol/runs")  # --run.root: checkpoints and the saved config of each run
     logs: Path = Path("/vol/logs")  # --run.log_root: TensorBoard event files
+    hf: Path = Path("/vol/hf")  # HF_HOME: the Hugging Face hub cache (pretrained weights)
 
 
 MOUNTS = Mounts()
+
+# --- The image: one layer per step of gpu_stack.toml, local files last ------------------------
+
+
+def load_install_script():
+    """scripts/install_gpu.py as a module: it turns gpu_stack.toml into shell commands."""
+    spec = spec_from_file_location("install_gpu", INSTALL_SCRIPT)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def not_source(path: Path) -> bool:
+    """Files to leave behind: caches, bytecode, hidden files and folders."""
+    return path.suffix == ".pyc" or any(p.startswith(".") or p == "__pycache__" for p in path.parts)
+
+
+stack = tomllib.loads(STACK_FILE.read_text(encoding="utf-8"))
+python_tag = "cp" + stack["image"]["python"].replace(".", "")
+steps = load_install_script().stack_commands(stack, "python", python_tag, "linux_x86_64")
+
+image = modal.Image.from_registry(stack["image"]["base"], add_python=stack["image"]["python"])
+for _name, command in steps:
+    image = image.run_commands(command)
+image = (
+    image.env({"PYTHONUNBUFFERED": "1", "HF_HOME": str(MOUNTS.hf)})
+    # Local files go last: they are attached when a container starts instead of being baked
+    # into a layer, and Modal refuses any build step after them.
+    .add_local_dir(HERE / "src" / PACKAGE, f"/root/{PACKAGE}", ignore=not_source)
+    .add_local_dir(HERE / "configs", "/root/configs", ignore=not_source)
+    .add_local_file(STACK_FILE, "/root/gpu_stack.toml")
+    .add_local_file(INSTALL_SCRIPT, "/root/scripts/install_gpu.py")
+    .add_local_dir(HERE / "benchmarks", "/root/benchmarks", ignore=not_source)
+)
+
+# --- Volumes ---------------------------------------------------------------------------------
+
 data_volume = modal.Volume.from_name(f"{APP_NAME}-data", create_if_missing=True)
 runs_volume = modal.Volume.from_name(f"{APP_NAME}-runs", create_if_missing=True)
 logs_volume = modal.Volume.from_name(f"{APP_NAME}-logs", create_if_missing=True)
+# Pretrained weights fetched by huggingface_hub (--model.init_from=<hub id>) land here once
+# and every later container reads them from the cache instead of downloading them again.
+hf_volume = modal.Volume.from_name(f"{APP_NAME}-hf-cache", create_if_missing=True)
 VOLUMES = {
     str(MOUNTS.data): data_volume,
     str(MOUNTS.runs): runs_volume,
     str(MOUNTS.logs): logs_volume,
+    str(MOUNTS.hf): hf_volume,
 }
 
 app = modal.App(APP_NAME, image=image)
-
-# --- Checking inputs before any GPU time -----------------------------------------------------
-
-# Set by this file from the Volumes; overriding them would write outside the Volumes.
-RESERVED_OVERRIDES = ("--run.root", "--run.log_root", "--run.id")
-
-
-@dataclass(frozen=True)
-class Request:
-    """The validated inputs of one `modal run`."""
-
-    config: str  # relative to the project folder, e.g. "configs/lm.yaml"
-    overrides: list[str]
-    run_id: str  # "" lets the CLI derive a stable id from the config
-    gpu: str | None  # e.g. "H100:2"; None keeps the function's own request
-    nodes: int  # 1: `train`; more: `train_cluster` with that many containers
-    timeout_s: int
-
-
-def trainer_settings(config: str, overrides: list[str]) -> dict[str, tuple[object, str]]:
-    """trainer.devices and trainer.num_nodes as the CLI will see them, with where each was set.
-
-    `config` is relative to the project folder. The YAML file first, then the overrides in
-    order (the last one wins), each value parsed as YAML, as LightningCLI parses it. Keys that
-    are set nowhere are left out.
-    """
-    try:
-        trainer = (yaml.safe_load((HERE / config).read_text(encoding="utf-8")) or {})["trainer"]
-    except KeyError:
-        trainer = {}
-    except (yaml.YAMLError, TypeError) as err:
-        raise ValueError(
-            f"--config {config}: not a YAML mapping ({err}). Fix the file; `python -m "
-            f"{PACKAGE} fit --config {config} --print_config` shows what the CLI reads."
-        ) from None
-    found = {}
-    for key in ("devices", "num_nodes"):
-        if isinstance(trainer, dict) and key in trainer:
-            found[key] = (trainer[key], f"in {config}")
-    for arg in overrides:
-        name, has_value, value = arg.partition("=")
-        key = name.removeprefix("--trainer.")
-        if key in ("devices", "num_nodes") and key != name and has_value:
-            try:
-                found[key] = (yaml.safe_load(value), "in --overrides")
-            except yaml.YAMLError:
-                found[key] = (value, "in --overrides")
-    return found
-
-
-def gpus_per_container(devices: object, where: str) -> int | None:
-    """The GPU count trainer.devices asks of each container; None for all it has (auto, -1)."""
-    if devices in ("auto", -1, "-1"):
-        return None
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
-        return devices
-    raise ValueError(
-        f"trainer.devices={devices!r} ({where}): on Modal give the number of GPUs per "
-        "container, e.g. 2, or auto for every GPU it has. GPUs are picked with --gpu TYPE:N, "
-        "not by index."
-    )
-
-
-def validate_scale(
-    gpu: str, nodes: int, settings: dict[str, tuple[object, str]]
-) -> tuple[str | None, int]:
-    """Check --gpu and --nodes against trainer.devices and trainer.num_nodes.
-
-    Returns the GPU request for Modal ("H100:2"), or None to keep the function's own (the
-    fallback list for one GPU, CLUSTER_GPU:8 for a cluster), and the number of nodes.
-    `gpu` is an already checked --gpu value or "".
-    """
-    devices, devices_where = settings.get("devices", ("auto", "the default"))
-    per_container = gpus_per_container(devices, devices_where)
-    config_nodes, nodes_where = settings.get("num_nodes", (1, "the default"))
-    if isinstance(config_nodes, bool) or not isinstance(config_nodes, int) or config_nodes < 1:
-        raise ValueError(
-            f"trainer.num_nodes={config_nodes!r} ({nodes_where}): use a whole number >= 1, "
-            "or leave it out and pass --nodes."
-        )
-    if nodes < 0:
-        raise ValueError(f"--nodes {nodes}: use 1 or more (0 takes trainer.num_nodes).")
-    if nodes and "num_nodes" in settings and nodes != config_nodes:
-        raise ValueError(
-            f"--nodes {nodes} contradicts trainer.num_nodes={config_nodes} ({nodes_where}). "
-            f"Pass only one of them, or make them agree."
-        )
-    nodes = nodes or config_nodes
-    gpu_type, _, count = gpu.partition(":")
-    gpu_count = int(count or 1)
-
-    if nodes > 1:
-        if nodes > MAX_CLUSTER_NODES:
-            raise ValueError(
-                f"--nodes {nodes}: a Modal cluster holds at most {MAX_CLUSTER_NODES} nodes "
-                "(ask Modal for more). Use fewer nodes."
-            )
-        if nodes != CLUSTER_NODES:
-            raise ValueError(
-                f"--nodes {nodes}: Modal fixes a cluster's size when the app is defined, from "
-                f"CLUSTER_NODES (here {CLUSTER_NODES or 'unset'}). Run "
-                f"CLUSTER_NODES={nodes} modal run modal_app.py ... --nodes {nodes}."
-            )
-        if gpu and gpu_count != GPUS_PER_NODE:
-            raise ValueError(
-                f"--gpu {gpu!r} with --nodes {nodes}: every container of a Modal cluster takes "
-                f"all {GPUS_PER_NODE} GPUs of its host. Use --gpu {gpu_type}:{GPUS_PER_NODE}."
-            )
-        if per_container not in (None, GPUS_PER_NODE):
-            raise ValueError(
-                f"trainer.devices={devices!r} ({devices_where}) with --nodes {nodes}: each "
-                f"node has {GPUS_PER_NODE} GPUs and all of them train. Use "
-                f'--overrides "--trainer.devices={GPUS_PER_NODE}" (or auto).'
-            )
-        return gpu or None, nodes
-
-    if gpu:
-        if per_container is not None and per_container != gpu_count:
-            raise ValueError(
-                f"--gpu {gpu!r} gives the container {gpu_count} GPU(s), but trainer.devices="
-                f"{devices!r} ({devices_where}) trains on {per_container}. Use --gpu "
-                f'{gpu_type}:{per_container}, or --overrides "--trainer.devices={gpu_count}".'
-            )
-        return gpu, 1
-    if per_container is None or per_container == 1:
-        return None, 1
-    limit = MAX_GPUS_PER_CONTAINER.get(GPUS[0], GPUS_PER_NODE)
-    if per_container > limit:
-        raise ValueError(
-            f"trainer.devices={devices!r} ({devices_where}): a {GPUS[0]} container has at "
-            f"most {limit} GPUs. Use fewer devices, or several nodes with --nodes."
-        )
-    # with_options takes one GPU type, so a several-GPU request has no fallbacks.
-    return f"{GPUS[0]}:{per_container}", 1
-
-
-def validate_request(
-    config: str,
-    run_id: str = "",
-    overrides: str = "",
-    gpu: str = "",
-    timeout_hours: float = 0,
-    nodes: int = 0,
-) -> Request:
-    """Check every user input; raise ValueError naming the value and the fix."""
-    configs_dir = HERE / "configs"
-    path = Path(config)
-    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    available = ", ".join(f"configs/{p.name}" for p in sorted(configs_dir.glob("*.yaml")))
-    if not path.is_file():
-        raise ValueError(f"--config {config!r}: no such file. Use one of: {available}.")
-    if not path.is_relative_to(configs_dir):
-        raise ValueError(
-            f"--config {config!r} is outside {configs_dir}; only that folder is shipped to "
-            "Modal. Copy the file into configs/ and pass configs/<name>.yaml."
-        )
-
-    # The CLI's own rule, checked here so a bad id fails before a GPU starts.
-    if run_id and not import_module(f"{PACKAGE}.runs").RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"--run-id {run_id!r}: use only letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit, at most 128 (no '/' or spaces), e.g. --run-id lm-small-1."
-        )
-
-    try:
-        extra = shlex.split(overrides)
-    except ValueError as err:
-        raise ValueError(f"--overrides {overrides!r}: {err}. Quote values with spaces.") from None
-    for arg in extra:
-        if not arg.startswith("--"):
-            raise ValueError(
-                f"--overrides: {arg!r} is not an option. Write each override as "
-                '--key=value, e.g. --overrides "--trainer.max_steps=1000".'
-            )
-        if arg.split("=", 1)[0] in RESERVED_OVERRIDES:
-            raise ValueError(
-                f"--overrides: {arg!r} is set by modal_app.py (the Volumes hold every run). "
-                "Use --run-id to name the run."
-            )
-
-    if gpu:
-        gpu_type, _, count = gpu.partition(":")
-        known = {name.upper(): name for name in GPU_MEMORY_GB}
-        if gpu_type.upper() not in known:
-            raise ValueError(
-                f"--gpu {gpu!r}: Modal has no GPU type {gpu_type!r}. "
-                f"Use one of {', '.join(GPU_MEMORY_GB)}, optionally with a count, e.g. H100:2."
-            )
-        limit = MAX_GPUS_PER_CONTAINER.get(known[gpu_type.upper()], GPUS_PER_NODE)
-        if count and not (count.isdigit() and 1 <= int(count) <= limit):
-            raise ValueError(
-                f"--gpu {gpu!r}: the count must be a whole number from 1 to {limit} "
-                f"for {known[gpu_type.upper()]}, e.g. {known[gpu_type.upper()]}:2."
-            )
-    config = path.relative_to(HERE).as_posix()
-    gpu_request, nodes = validate_scale(gpu, nodes, trainer_settings(config, extra))
-
-    hours = timeout_hours or TIMEOUT_HOURS
-    if not 0 < hours <= MAX_TIMEOUT_HOURS:
-        raise ValueError(
-            f"--timeout-hours {timeout_hours}: Modal allows at most {MAX_TIMEOUT_HOURS} hours "
-            "per attempt. Use a smaller value; a timed-out attempt is retried and resumes "
-            "from last.ckpt."
-        )
-
-    return Request(
-        config=config,
-        overrides=extra,
-        run_id=run_id,
-        gpu=gpu_request,
-        nodes=nodes,
-        timeout_s=int(hours * 3600),
-    )
-
 
 # --- Training --------------------------------------------------------------------------------
 
@@ -396,9 +161,10 @@ def fit_command(config: str, overrides: list[str], run_id: str) -> list[str]:
 
 
 def commit_run_volumes() -> None:
-    """Persist checkpoints and logs so the next attempt (and TensorBoard) sees them."""
+    """Persist checkpoints, logs and downloaded weights for the next attempt (and TensorBoard)."""
     runs_volume.commit()
     logs_volume.commit()
+    hf_volume.commit()
 
 
 class CheckpointWatcher(threading.Thread):
@@ -456,7 +222,7 @@ def run_training(
     if report:
         print("fast paths:", ", ".join(f"{k}={'on' if v else 'OFF'}" for k, v in report.items()))
 
-    for mount in (MOUNTS.data, MOUNTS.runs, MOUNTS.logs):
+    for mount in (MOUNTS.data, MOUNTS.runs, MOUNTS.logs, MOUNTS.hf):
         mount.mkdir(parents=True, exist_ok=True)
     command = fit_command(config, overrides, run_id)
     print("running:", shlex.join(command), flush=True)
@@ -556,6 +322,9 @@ if CLUSTER_NODES:
             )
 
 
+# --- The entrypoint: checks on your machine, then one spawned call ----------------------------
+
+
 @app.local_entrypoint()
 def main(
     config: str,
@@ -574,8 +343,24 @@ def main(
     without it the count is the config's trainer.devices.
     --nodes trains on a cluster of that many containers with 8 GPUs each (default: the
     config's trainer.num_nodes, 1); set CLUSTER_NODES to the same number.
+    Use `modal run --detach` for anything long: the run then survives a closed terminal.
     """
-    request = validate_request(config, run_id, overrides, gpu, timeout_hours, nodes)
+    try:
+        request = launch.validate_request(
+            config,
+            run_id,
+            overrides,
+            gpu,
+            timeout_hours,
+            nodes,
+            project=HERE,
+            gpus=GPUS,
+            cluster_nodes=CLUSTER_NODES,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
     fn = train_cluster if request.nodes > 1 else train
     options = {}
     if request.gpu:
@@ -588,8 +373,12 @@ def main(
         where = f"{request.nodes} nodes of {request.gpu or f'{CLUSTER_GPU}:{GPUS_PER_NODE}'}"
     else:
         where = request.gpu or " or ".join(GPUS)
-    print(f"training {request.config} on {where}")
-    fn.remote(request.config, request.overrides, request.run_id, kernels)
+
+    # spawn, then wait: a spawned call and its retries may run for days, while a .remote()
+    # call expires after 24 hours and would lose a longer run's caller.
+    call = fn.spawn(request.config, request.overrides, request.run_id, kernels)
+    print(f"training {request.config} on {where}: function call {call.object_id}", flush=True)
+    call.get()
 
 
 # --- GPU proof ------------------------------------------------------------------------------
@@ -629,22 +418,60 @@ def prepare_text(path: str) -> None:
     data_volume.commit()
 
 
-def tensorboard_app(logdir: Path):
-    """TensorBoard's own WSGI app, reading event files under `logdir`."""
+class ReloadingLogs:
+    """WSGI middleware: shows TensorBoard the logs Volume as last committed.
+
+    A container sees a Volume as it was when the container started. Before a request, and at
+    most once per `every_s`, this reloads the Volume so a running job's new events appear. A
+    reload fails while a file on the Volume is open (TensorBoard opens each event file only
+    while it reads it); the page is then served from what is loaded and the next request
+    tries again.
+    """
+
+    def __init__(self, app, volume, every_s: float = 30.0, clock=time.monotonic):
+        self.app, self.volume, self.every_s, self.clock = app, volume, every_s, clock
+        self.reloaded_at: float | None = None
+        self.lock = threading.Lock()  # requests are served from several threads
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            now = self.clock()
+            if self.reloaded_at is None or now - self.reloaded_at >= self.every_s:
+                self.reloaded_at = now
+                try:
+                    self.volume.reload()
+                except Exception as err:  # an open file, a network blip: keep serving
+                    print(f"logs Volume not reloaded ({err}); serving the loaded events")
+        return self.app(environ, start_response)
+
+
+def tensorboard_app(logdir: Path, volume=None, reload_interval: int = 15):
+    """TensorBoard's own WSGI app, reading event files under `logdir`.
+
+    It rereads the folder every `reload_interval` seconds. load_fast=false keeps the reading in
+    this process, which opens an event file only while reading it (the separate data server
+    holds them open, which would block every Volume reload). With `volume`, requests reload
+    that Volume first (ReloadingLogs).
+    """
     from tensorboard import program
     from tensorboard.backend import application
 
     board = program.TensorBoard()
-    board.configure(logdir=str(logdir), reload_interval=30)
+    board.configure(logdir=str(logdir), reload_interval=reload_interval, load_fast="false")
     data_provider, multiplexer = board._make_data_provider()
-    return application.TensorBoardWSGIApp(
+    wsgi = application.TensorBoardWSGIApp(
         board.flags, board.plugin_loaders, data_provider, board.assets_zip_provider, multiplexer
     )
+    return wsgi if volume is None else ReloadingLogs(wsgi, volume)
 
 
 @app.function(volumes={str(MOUNTS.logs): logs_volume}, scaledown_window=300)
 @modal.concurrent(max_inputs=100)
 @modal.wsgi_app()
 def tensorboard():
-    """TensorBoard over the logs Volume, at the URL `modal serve`/`modal deploy` prints."""
-    return tensorboard_app(MOUNTS.logs)
+    """TensorBoard over the logs Volume, at the URL `modal serve`/`modal deploy` prints.
+
+    A running job's curves appear within about a minute: the job commits the Volume at each
+    checkpoint, a request reloads it (at most every 30 s), TensorBoard rereads every 15 s.
+    """
+    return tensorboard_app(MOUNTS.logs, logs_volume)

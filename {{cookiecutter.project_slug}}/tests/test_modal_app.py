@@ -1,8 +1,9 @@
 """modal_app.py, proven offline: no Modal account, no network, no GPU.
 
 The image is rendered with Modal's own Dockerfile writers for each builder version; the
-function spec is read from the Function object; training runs locally with temporary folders
-standing in for the Volumes.
+function spec is read from the Function object; the entrypoint runs with Modal's Function and
+FunctionCall stubbed; training runs locally with temporary folders standing in for the
+Volumes. Skipped as a whole where Modal is not installed (a GPU-only environment).
 """
 
 import importlib.util
@@ -10,6 +11,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +21,11 @@ import time
 import tomllib
 from pathlib import Path
 
-import modal
 import pytest
 import torch
-from modal._utils.async_utils import synchronizer
+
+modal = pytest.importorskip("modal", reason="modal_app.py needs Modal: pip install modal")
+synchronizer = pytest.importorskip("modal._utils.async_utils").synchronizer
 
 PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:  # modal_app.py sits at the project root, next to src/
@@ -35,6 +38,7 @@ BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
 PYTHON = "{{ cookiecutter.python_version }}"
 BUILDER_VERSIONS = ["2025.06", "2026.10"]
 STACK = tomllib.loads((PROJECT / "gpu_stack.toml").read_text(encoding="utf-8"))
+PYTHON_TAG = "cp" + PYTHON.replace(".", "")
 
 # Written out on purpose: a silent change to gpu_stack.toml must fail here.
 EXPECTED_PINS = {
@@ -119,12 +123,20 @@ def assert_local_files_last(layers) -> None:
     assert after == ["local"] * len(after), f"build step after local files: {kinds}"
 
 
+def attached_files(layers) -> list[tuple[Path, str]]:
+    """(local path, container path) of every local file the image attaches."""
+    mounts = [synchronizer._translate_in(m) for kind, m in layers if kind == "local"]
+    return [
+        (Path(local), str(remote))
+        for m in mounts
+        for e in m._entries
+        for local, remote in e.get_files_to_upload()
+    ]
+
+
 def shipped_files(layers) -> set[str]:
     """Container paths of every local file the image attaches."""
-    mounts = [synchronizer._translate_in(m) for kind, m in layers if kind == "local"]
-    return {
-        str(remote) for m in mounts for e in m._entries for _, remote in e.get_files_to_upload()
-    }
+    return {remote for _, remote in attached_files(layers)}
 
 
 def pins_of(command: str) -> dict[str, str]:
@@ -148,6 +160,7 @@ def test_pins_file_holds_the_expected_versions_in_install_order():
         pins.update(pins_of(step["run"]))
     assert pins == EXPECTED_PINS
     assert STACK["image"] == {"base": "nvidia/cuda:12.8.1-devel-ubuntu22.04", "python": PYTHON}
+    assert STACK["torch"] == {"cuda": "12.8", "cxx11_abi": True}  # the build the wheels fit
 
 
 def test_every_install_after_torch_holds_torch_and_kernels_skip_build_isolation():
@@ -160,14 +173,118 @@ def test_every_install_after_torch_holds_torch_and_kernels_skip_build_isolation(
     assert {"selective_scan_cuda", "causal_conv1d_cuda"} <= set(re.findall(r"\w+", check))
 
 
-def test_local_install_script_runs_the_same_ordered_commands():
+def load_install_script():
     spec = importlib.util.spec_from_file_location("install_gpu", PROJECT / "scripts/install_gpu.py")
     install_gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(install_gpu)
-    local = [argv for _, argv in install_gpu.load_steps()]
-    expected = [shlex.split(s["run"]) for s in STACK["steps"]]
-    assert [argv[1:] for argv in local] == [argv[1:] for argv in expected]
-    assert all(argv[0] == sys.executable for argv in local)
+    return install_gpu
+
+
+def image_commands() -> list[tuple[str, str]]:
+    """The commands of the Modal image's steps: Python of the bake, on Modal's x86-64 hosts."""
+    return load_install_script().stack_commands(STACK, "python", PYTHON_TAG, "linux_x86_64")
+
+
+def test_local_install_script_runs_the_same_ordered_commands():
+    install_gpu = load_install_script()
+    local = install_gpu.load_steps()
+    assert [name for name, _ in local] == EXPECTED_ORDER
+    python = shlex.quote(sys.executable)
+    tag, plat = install_gpu.local_platform()
+    for (name, image), (_, here) in zip(image_commands(), local, strict=True):
+        expected = image.replace("python -", f"{python} -")
+        tags = f"-{PYTHON_TAG}-{PYTHON_TAG}-linux_x86_64.whl"
+        expected = expected.replace(tags, f"-{tag}-{tag}-{plat}.whl")
+        assert here == expected, name
+
+
+# --- The kernels: prebuilt wheels first, a loud source build otherwise --------------------------
+
+# Written out from the setup.py of each source release: <dist>-<version>+cu<CUDA major>
+# torch<major.minor>cxx11abi<TRUE|FALSE>-<python tag>-<python tag>-<platform>.whl, under the
+# GitHub release v<version>.
+WHEELS = {
+    "causal-conv1d": "https://github.com/Dao-AILab/causal-conv1d/releases/download/v1.7.0/"
+    f"causal_conv1d-1.7.0+cu12torch2.10cxx11abiTRUE-{PYTHON_TAG}-{PYTHON_TAG}-linux_x86_64.whl",
+    "mamba-ssm": "https://github.com/state-spaces/mamba/releases/download/v2.3.2.post1/"
+    f"mamba_ssm-2.3.2.post1+cu12torch2.10cxx11abiTRUE-{PYTHON_TAG}-{PYTHON_TAG}-linux_x86_64.whl",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (
+            ("causal-conv1d", "1.7.0", "2.10.0", "12.8", True, "cp312", "linux_x86_64"),
+            "causal_conv1d-1.7.0+cu12torch2.10cxx11abiTRUE-cp312-cp312-linux_x86_64.whl",
+        ),
+        (  # the local version of torch and the CUDA minor do not enter the name
+            ("mamba-ssm", "2.3.2.post1", "2.11.0+cu130", "13.0", False, "cp311", "linux_aarch64"),
+            "mamba_ssm-2.3.2.post1+cu13torch2.11cxx11abiFALSE-cp311-cp311-linux_aarch64.whl",
+        ),
+    ],
+)
+def test_wheel_names_are_computed_as_the_kernels_setup_py_computes_them(args, name):
+    install_gpu = load_install_script()
+    assert install_gpu.wheel_name(*args) == name
+    with pytest.raises(ValueError, match="CUDA 10.2"):
+        install_gpu.wheel_name(*args[:3], "10.2", *args[4:])
+
+
+@pytest.mark.parametrize("version", BUILDER_VERSIONS)
+def test_kernel_layers_install_the_release_wheel_and_fall_back_to_a_loud_source_build(version):
+    runs = {line for lines in build_lines(render(modal_app.image, version)) for line in lines}
+    for package, url in WHEELS.items():
+        pin = f"{package}=={EXPECTED_PINS[package]}"
+        (line,) = [line for line in runs if line.startswith("RUN ") and pin in line]
+        check, rest = line.removeprefix("RUN ").split(" && ", 1)
+        wheel, fallback = rest.split(" || ", 1)
+        assert "torch.version.cuda" in check and "_GLIBCXX_USE_CXX11_ABI" in check
+        assert shlex.split(wheel) == ["python", "-m", "pip", "install", "torch==2.10.0", url]
+        assert "BUILDING FROM SOURCE" in fallback and url.rsplit("/", 1)[1] in fallback
+        build = f"python -m pip install --no-build-isolation torch==2.10.0 {pin}"
+        assert fallback.endswith("; " + build + "; }")
+
+
+FAKE_PYTHON = """#!/bin/sh
+printf '%s\\n' "$*" >> "$CALLS"
+case "$*" in
+    "-c "*) exit "$CHECK_EXIT" ;;
+    *.whl) exit "$WHEEL_EXIT" ;;
+    *) exit "$BUILD_EXIT" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("exits", "expected_calls", "code"),
+    [
+        ((0, 0, 0), ["check", "wheel"], 0),  # the wheel exists: no build, no banner
+        ((0, 1, 0), ["check", "wheel", "build"], 0),  # 404: banner, then the source build
+        ((1, 0, 0), ["check", "build"], 0),  # another torch: never its wheel
+        ((0, 1, 1), ["check", "wheel", "build"], 1),  # a failed build fails the layer
+    ],
+)
+def test_a_kernel_step_builds_from_source_only_when_the_wheel_fails(
+    exits, expected_calls, code, tmp_path
+):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    calls = tmp_path / "calls"
+    commands = load_install_script().stack_commands(STACK, str(python), PYTHON_TAG, "linux_x86_64")
+    command = dict(commands)["causal-conv1d"]
+    env = {**os.environ, "CALLS": str(calls)}
+    env.update(zip(("CHECK_EXIT", "WHEEL_EXIT", "BUILD_EXIT"), map(str, exits), strict=True))
+    out = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True)
+    kinds = []
+    for call in calls.read_text().splitlines():
+        kinds.append("check" if call.startswith("-c ") else "wheel" if ".whl" in call else "build")
+        if kinds[-1] == "build":
+            assert "--no-build-isolation" in call and "causal-conv1d==1.7.0" in call
+    assert kinds == expected_calls
+    assert out.returncode == code
+    assert ("BUILDING FROM SOURCE" in out.stdout) == ("build" in kinds)
 
 
 # --- The image --------------------------------------------------------------------------------
@@ -192,7 +309,7 @@ def test_image_starts_from_cuda_devel_with_the_baked_python(version):
 @pytest.mark.parametrize("version", BUILDER_VERSIONS)
 def test_image_runs_each_stack_step_as_its_own_layer_in_order(version):
     runs = [lines[1:] for lines in build_lines(render(modal_app.image, version))[1:]]
-    steps = [[f"RUN {s['run']}"] for s in STACK["steps"]]
+    steps = [[f"RUN {command}"] for _, command in image_commands()]
     python_layer = [1] if version > "2025.06" else []
     assert runs[len(python_layer) : len(python_layer) + len(steps)] == steps
 
@@ -212,7 +329,25 @@ def test_local_files_come_last_and_ship_package_configs_and_pins(version):
     }
     assert sources and sources <= shipped
     assert "/root/benchmarks/gpu_check.py" in shipped  # for modal_app.gpu_check
+    assert "/root/scripts/install_gpu.py" in shipped  # modal_app.py builds its steps with it
     assert not any("__pycache__" in path or "/." in path for path in shipped)
+
+
+def test_the_container_imports_modal_app_from_the_shipped_files_alone(tmp_path):
+    """A container's /root holds modal_app.py and the files the image attaches, nothing else."""
+    root = tmp_path / "root"
+    for local, remote in attached_files(render(modal_app.image, BUILDER_VERSIONS[-1])):
+        target = root / Path(remote).relative_to("/root")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+    shutil.copyfile(PROJECT / "modal_app.py", root / "modal_app.py")
+    code = f"import modal_app, {PACKAGE}; print({PACKAGE}.__file__)"
+    env = {**clean_env(tmp_path), "PYTHONPATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(root / PACKAGE / "__init__.py")
 
 
 def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
@@ -247,7 +382,22 @@ def test_importing_modal_app_needs_no_token_and_no_torch(tmp_path):
     assert out.stdout.decode().strip() == "False"
 
 
-# --- Function spec and inputs -----------------------------------------------------------------
+def test_a_missing_local_dependency_is_one_error_line_with_the_install_command(tmp_path):
+    (tmp_path / "yaml.py").write_text("raise ModuleNotFoundError(\"No module named 'yaml'\")\n")
+    env = {**clean_env(tmp_path), "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    out = subprocess.run(
+        [sys.executable, "-c", "import modal_app"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: No module named 'yaml'") and out.stderr.count("\n") == 1
+    assert "pip install pyyaml && pip install --no-deps -e ." in out.stderr
+
+
+# --- Function spec and the entrypoint ---------------------------------------------------------
 
 
 def test_train_function_spec_has_gpu_fallbacks_timeout_retries_and_volumes():
@@ -262,15 +412,15 @@ def test_train_function_spec_has_gpu_fallbacks_timeout_retries_and_volumes():
         "/vol/data": f"{SLUG}-data",
         "/vol/runs": f"{SLUG}-runs",
         "/vol/logs": f"{SLUG}-logs",
+        "/vol/hf": f"{SLUG}-hf-cache",
     }
 
 
-def test_gpu_fallbacks_have_at_least_the_first_gpus_memory():
-    memory = modal_app.GPU_MEMORY_GB
-    for first in ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200"]:
-        chosen = modal_app.gpu_fallbacks(first)
-        assert chosen[0] == first and len(chosen) > 1
-        assert all(memory[g] >= memory[first] for g in chosen)
+@pytest.mark.parametrize("version", BUILDER_VERSIONS)
+def test_the_hugging_face_cache_lives_on_the_mounted_volume(version):
+    lines = [line for lines in build_lines(render(modal_app.image, version)) for line in lines]
+    assert f"ENV HF_HOME={modal_app.MOUNTS.hf}" in lines
+    assert str(modal_app.MOUNTS.hf) in modal_app.train.info().volumes
 
 
 def test_modal_run_help_lists_the_entrypoint_options(tmp_path):
@@ -292,122 +442,20 @@ def any_config() -> str:
     return min((PROJECT / "configs").glob("*.yaml")).relative_to(PROJECT).as_posix()
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "named"),
-    [
-        ({"config": "configs/missing.yaml"}, ["configs/missing.yaml"]),
-        ({"config": "gpu_stack.toml"}, ["gpu_stack.toml"]),
-        ({"run_id": "../escape"}, ["../escape"]),
-        ({"run_id": "a b"}, ["a b"]),
-        ({"run_id": "-dash-first"}, ["-dash-first"]),  # the CLI would refuse it in the container
-        ({"gpu": "H1000"}, ["H1000"]),
-        ({"gpu": "H100:9"}, ["H100:9"]),
-        ({"timeout_hours": 25}, ["25"]),
-        ({"overrides": "--run.root=/tmp"}, ["--run.root=/tmp"]),
-        ({"overrides": "trainer.max_steps=5"}, ["trainer.max_steps=5"]),
-        # GPUs per container against trainer.devices
-        (
-            {"gpu": "H100:2", "overrides": "--trainer.devices=4"},
-            ["H100:2", "trainer.devices=4", "--gpu H100:4", "--trainer.devices=2"],
-        ),
-        ({"gpu": "L4", "overrides": "--trainer.devices=2"}, ["'L4'", "devices=2", "L4:2"]),
-        ({"overrides": "--trainer.devices=[0,1]"}, ["trainer.devices=[0, 1]", "TYPE:N"]),
-        ({"overrides": "--trainer.devices=0"}, ["trainer.devices=0", "auto"]),
-        ({"overrides": "--trainer.devices=9"}, ["trainer.devices=9", "at most", "--nodes"]),
-        # nodes
-        ({"nodes": -1}, ["--nodes -1"]),
-        ({"overrides": "--trainer.num_nodes=0"}, ["trainer.num_nodes=0"]),
-        ({"nodes": 64}, ["--nodes 64", "at most 32"]),
-        ({"nodes": 4}, ["--nodes 4", "CLUSTER_NODES=4 modal run"]),
-        ({"overrides": "--trainer.num_nodes=4"}, ["--nodes 4", "CLUSTER_NODES=4"]),
-        (
-            {"nodes": 2, "overrides": "--trainer.num_nodes=3"},
-            ["--nodes 2", "trainer.num_nodes=3"],
-        ),
-        ({"nodes": 2, "gpu": "H100:4"}, ["H100:4", "--gpu H100:8"]),
-        ({"nodes": 2, "overrides": "--trainer.devices=4"}, ["devices=4", "--trainer.devices=8"]),
-    ],
-)
-def test_bad_inputs_are_rejected_before_any_gpu_time(kwargs, named, monkeypatch):
-    monkeypatch.chdir(PROJECT)
-    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
-    with pytest.raises(ValueError) as err:
-        modal_app.validate_request(**{"config": any_config(), **kwargs})
-    for part in named:
-        assert part in str(err.value), part
+class FakeCall:
+    """Stands in for a modal.FunctionCall: records that the caller waited for it."""
 
+    object_id = "fc-offline"
 
-def test_good_inputs_become_a_request(monkeypatch):
-    monkeypatch.chdir(PROJECT / "configs")
-    name = Path(any_config()).name
-    request = modal_app.validate_request(
-        name, run_id="exp-1", overrides="--trainer.max_steps=5", gpu="h100:2", timeout_hours=6
-    )
-    assert request.config == f"configs/{name}"
-    assert request.overrides == ["--trainer.max_steps=5"]
-    assert (request.run_id, request.gpu, request.timeout_s) == ("exp-1", "h100:2", 6 * 3600)
-    assert request.nodes == 1
+    def __init__(self, calls: list):
+        self.calls = calls
 
-
-# --- Several GPUs and nodes -------------------------------------------------------------------
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A project folder whose configs/multi.yaml asks for 4 GPUs per node on 2 nodes."""
-    (tmp_path / "configs").mkdir()
-    config = tmp_path / "configs" / "multi.yaml"
-    config.write_text("trainer:\n  devices: 4\n  num_nodes: 2\n  max_steps: 10\n")
-    monkeypatch.setattr(modal_app, "HERE", tmp_path)
-    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
-    monkeypatch.chdir(tmp_path)
-    return "configs/multi.yaml"
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "gpu", "nodes"),
-    [
-        ({}, None, 1),  # the baked fallback list, one GPU
-        ({"overrides": "--trainer.devices=auto"}, None, 1),
-        ({"overrides": "--trainer.devices=-1", "gpu": "H100:4"}, "H100:4", 1),
-        ({"overrides": "--trainer.devices=4", "gpu": "H100:4"}, "H100:4", 1),
-        ({"overrides": "--trainer.devices=1 --trainer.devices=4"}, f"{BAKED_GPU}:4", 1),
-        ({"nodes": 2}, None, 2),  # train_cluster's own CLUSTER_GPU:8
-        ({"overrides": "--trainer.num_nodes=2 --trainer.devices=8"}, None, 2),
-        ({"nodes": 2, "gpu": "H200:8"}, "H200:8", 2),
-    ],
-)
-def test_gpu_count_and_nodes_follow_the_config_unless_gpu_names_them(
-    kwargs, gpu, nodes, monkeypatch
-):
-    monkeypatch.chdir(PROJECT)
-    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
-    request = modal_app.validate_request(any_config(), **kwargs)
-    assert (request.gpu, request.nodes) == (gpu, nodes)
-
-
-def test_devices_and_num_nodes_are_read_from_the_yaml_and_overrides_win(project):
-    with pytest.raises(ValueError) as err:
-        modal_app.validate_request(project)
-    assert "trainer.devices=4 (in configs/multi.yaml)" in str(err.value)
-    assert "--trainer.devices=8" in str(err.value)
-
-    request = modal_app.validate_request(project, overrides="--trainer.devices=auto")
-    assert (request.gpu, request.nodes) == (None, 2)
-    request = modal_app.validate_request(project, overrides="--trainer.num_nodes=1")
-    assert (request.gpu, request.nodes) == (f"{BAKED_GPU}:4", 1)
-    with pytest.raises(ValueError, match=r"--gpu 'H100:2'.*trainer.devices=4 \(in configs"):
-        modal_app.validate_request(project, gpu="H100:2", overrides="--trainer.num_nodes=1")
-
-
-def test_a_config_that_is_not_a_yaml_mapping_is_named(project):
-    Path(project).write_text("- just\n- a list\n")
-    with pytest.raises(ValueError, match=f"--config {project}: not a YAML mapping"):
-        modal_app.validate_request(project)
+    def get(self, timeout=None):
+        self.calls.append(("get", timeout))
 
 
 class FakeFunction:
-    """Stands in for a Modal Function: records with_options and remote calls."""
+    """Stands in for a Modal Function: records with_options and spawn; has no .remote()."""
 
     def __init__(self, calls: list, name: str, options: dict | None = None):
         self.calls, self.name, self.options = calls, name, options or {}
@@ -415,8 +463,20 @@ class FakeFunction:
     def with_options(self, **options):
         return FakeFunction(self.calls, self.name, {**self.options, **options})
 
-    def remote(self, *args):
+    def spawn(self, *args):
         self.calls.append((self.name, self.options, args))
+        return FakeCall(self.calls)
+
+
+@pytest.fixture
+def functions(monkeypatch):
+    """train and train_cluster replaced by FakeFunctions; the app as with CLUSTER_NODES=2."""
+    monkeypatch.chdir(PROJECT)
+    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
+    calls = []
+    for name in ("train", "train_cluster"):
+        monkeypatch.setattr(modal_app, name, FakeFunction(calls, name), raising=False)
+    return calls
 
 
 @pytest.mark.parametrize(
@@ -429,18 +489,53 @@ class FakeFunction:
         ({"nodes": 2, "gpu": "H200:8"}, "train_cluster", {"gpu": "H200:8"}),
     ],
 )
-def test_main_calls_one_container_or_the_cluster_with_the_checked_gpus(
-    kwargs, function, options, monkeypatch
+def test_main_spawns_one_container_or_the_cluster_and_waits_for_the_call(
+    kwargs, function, options, functions
 ):
-    monkeypatch.chdir(PROJECT)
-    monkeypatch.setattr(modal_app, "CLUSTER_NODES", 2)
-    calls = []
-    for name in ("train", "train_cluster"):
-        monkeypatch.setattr(modal_app, name, FakeFunction(calls, name), raising=False)
     modal_app.main.info.raw_f(config=any_config(), **kwargs)
-    assert [(name, used) for name, used, _ in calls] == [(function, options)]
     overrides = shlex.split(kwargs.get("overrides", ""))
-    assert calls[0][2] == (any_config(), overrides, "", "require")
+    # spawned, then awaited without a time limit: the call outlives .remote()'s 24 hours
+    spawned = (function, options, (any_config(), overrides, "", "require"))
+    assert functions == [spawned, ("get", None)]
+
+
+def test_main_stops_on_a_bad_input_with_one_error_line_and_spawns_nothing(functions, capsys):
+    with pytest.raises(SystemExit) as stop:
+        modal_app.main.info.raw_f(config=any_config(), run_id="a/b")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --run-id 'a/b'") and err.count("\n") == 1
+    assert functions == []
+
+
+def test_the_local_side_of_modal_run_never_imports_torch_or_lightning(tmp_path):
+    """What `modal run` does on a laptop, up to the spawned call, in a fresh interpreter."""
+    code = f"""
+import sys
+import modal_app
+
+class Call:
+    object_id = "fc-offline"
+    def get(self):
+        print("waited")
+
+class Train:
+    def spawn(self, *args):
+        print("spawned", args)
+        return Call()
+
+modal_app.train = Train()
+modal_app.main.info.raw_f(config={any_config()!r}, run_id="exp-1")
+print("heavy:", sorted(m for m in ("torch", "lightning", "{PACKAGE}.runs") if m in sys.modules))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, env=clean_env(tmp_path), capture_output=True
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    lines = out.stdout.decode().splitlines()
+    spawned = next(line for line in lines if line.startswith("spawned ("))
+    assert "'exp-1'" in spawned
+    assert lines[-2:] == ["waited", "heavy: []"]
 
 
 def import_with_cluster_nodes(value: str, monkeypatch):
@@ -457,12 +552,6 @@ def test_without_cluster_nodes_the_app_defines_no_cluster_function():
     assert not hasattr(modal_app, "train_cluster")
 
 
-def test_nodes_without_cluster_nodes_names_the_variable(monkeypatch):
-    monkeypatch.chdir(PROJECT)
-    with pytest.raises(ValueError, match=r"CLUSTER_NODES \(here unset\).*CLUSTER_NODES=2 modal"):
-        modal_app.validate_request(any_config(), nodes=2)
-
-
 def test_cluster_function_spec_has_eight_gpus_per_node_rdma_retries_and_volumes(monkeypatch):
     clustered = import_with_cluster_nodes("2", monkeypatch)
     info = clustered.train_cluster.info()
@@ -474,14 +563,6 @@ def test_cluster_function_spec_has_eight_gpus_per_node_rdma_retries_and_volumes(
     assert info.volumes == train.volumes
     assert len(info.secrets) == 1  # env: CLUSTER_NODES again, for the containers' import
     assert import_with_cluster_nodes("4", monkeypatch).train_cluster.info().cluster_info.size == 4
-
-
-@pytest.mark.parametrize("value", ["1", "33", "four", "-2"])
-def test_a_bad_cluster_size_is_rejected_with_the_fix(value):
-    with pytest.raises(ValueError) as err:
-        modal_app.cluster_size(value)
-    assert f"CLUSTER_NODES={value!r}" in str(err.value)
-    assert "CLUSTER_NODES=4 modal run" in str(err.value)
 
 
 @pytest.mark.parametrize("node_rank", [0, 1, 2])
@@ -521,23 +602,30 @@ local_volumes = pytest.mark.filterwarnings("ignore:The train function is executi
 
 
 class FakeVolume:
-    def __init__(self):
-        self.commits = 0
+    """Stands in for a modal.Volume: counts commits and reloads; a reload may fail."""
+
+    def __init__(self, reload_error: Exception | None = None):
+        self.commits = self.reloads = 0
+        self.reload_error = reload_error
 
     def commit(self):
         self.commits += 1
+
+    def reload(self):
+        self.reloads += 1
+        if self.reload_error:
+            raise self.reload_error
 
 
 @pytest.fixture
 def volumes(tmp_path, monkeypatch):
     """Temporary folders for the Volumes, counting commits; kernel check recorded."""
-    mounts = modal_app.Mounts(
-        data=tmp_path / "data", runs=tmp_path / "runs", logs=tmp_path / "logs"
-    )
+    mounts = modal_app.Mounts(*(tmp_path / name for name in ("data", "runs", "logs", "hf")))
     monkeypatch.setattr(modal_app, "MOUNTS", mounts)
-    runs, logs = FakeVolume(), FakeVolume()
+    runs, logs, hf = FakeVolume(), FakeVolume(), FakeVolume()
     monkeypatch.setattr(modal_app, "runs_volume", runs)
     monkeypatch.setattr(modal_app, "logs_volume", logs)
+    monkeypatch.setattr(modal_app, "hf_volume", hf)
     policies = []
 
     def check_kernels(policy="require"):
@@ -599,6 +687,51 @@ def test_tensorboard_endpoint_serves_the_logs_folder(tmp_path):
     response = client.get("/data/environment")
     assert response.status_code == 200
     assert response.get_json()["data_location"] == str(tmp_path)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_tensorboard_reloads_the_logs_volume_on_requests_at_most_every_30_s(tmp_path):
+    from werkzeug.test import Client
+
+    volume, clock = FakeVolume(), Clock()
+    board = modal_app.tensorboard_app(tmp_path, volume)
+    board.clock = clock
+    client = Client(board)
+    reloads = []
+    for step in [0, 10, 19, 5, 1, 29]:  # seconds between requests: at 0, 10, 29, 34, 35, 64
+        clock.now += step
+        assert client.get("/data/environment").status_code == 200
+        reloads.append(volume.reloads)
+    assert reloads == [1, 1, 1, 2, 2, 3]  # the first request, then 30 s after the last reload
+
+
+def test_a_reload_blocked_by_an_open_file_still_serves_the_page(tmp_path, capsys):
+    from werkzeug.test import Client
+
+    busy = RuntimeError("there are open files preventing the operation: /vol/logs/run/events")
+    volume = FakeVolume(reload_error=busy)
+    client = Client(modal_app.tensorboard_app(tmp_path, volume))
+    response = client.get("/data/environment")
+    assert response.status_code == 200
+    assert response.get_json()["data_location"] == str(tmp_path)
+    assert volume.reloads == 1
+    assert "logs Volume not reloaded (there are open files" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:The tensorboard function is executing locally")
+def test_the_deployed_endpoint_reloads_the_logs_volume(tmp_path, monkeypatch):
+    monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(logs=tmp_path))
+    board = modal_app.tensorboard.local()
+    assert isinstance(board, modal_app.ReloadingLogs)
+    assert board.volume is modal_app.logs_volume
+    assert board.every_s <= 60
 
 
 @pytest.mark.skipif(

@@ -32,7 +32,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+from .launch import RUN_ID
+
 LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
 
 
