@@ -12,6 +12,7 @@ restart never silently begins from scratch.
 import sys
 import traceback
 import warnings
+from argparse import ArgumentError
 from datetime import timedelta
 from pathlib import Path
 
@@ -163,11 +164,12 @@ class MambaCLI(LightningCLI):
 def input_error(err: BaseException) -> str | None:
     """The message of a bad input, or None for anything else (which keeps its traceback).
 
-    A bad input is an error raised by this package's own checks, or a missing file.
-    LightningCLI and jsonargparse wrap our checks in a few layers of their own, and a check may
-    be raised while another error is handled (a UnicodeDecodeError, a KeyError), so the whole
-    chain of causes and contexts is searched: the outermost of our own errors is the message
-    (it is the one written for the user), else a missing file anywhere in the chain.
+    A bad input is an error raised by this package's own checks, a missing file, or an
+    argument the parser refuses (its type, its choices, an unknown key). LightningCLI and
+    jsonargparse wrap our checks in a few layers of their own, and a check may be raised while
+    another error is handled (a UnicodeDecodeError, a KeyError), so the whole chain of causes
+    and contexts is searched: the outermost of our own errors is the message (it is the one
+    written for the user), else the parser's, else a missing file anywhere in the chain.
     """
     chain = []
     while err is not None and all(err is not seen for seen in chain):
@@ -178,6 +180,9 @@ def input_error(err: BaseException) -> str | None:
         ours = frames and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
         if ours and isinstance(err, ValueError | TypeError | RuntimeError | FileNotFoundError):
             return str(err)
+    for err in chain:
+        if isinstance(err, ArgumentError):  # jsonargparse's message spans several lines
+            return " ".join(str(err).split()) + ". See --help for the accepted values."
     missing = [err for err in chain if isinstance(err, FileNotFoundError)]
     return str(missing[-1]) if missing else None
 
@@ -227,6 +232,7 @@ def main(args: list[str] | None = None) -> MambaCLI:
             LightningDataModule,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a refused argument is one line, see below
             args=args,
             auto_configure_optimizers=False,
         )
