@@ -6,6 +6,7 @@ folder does not exist afterwards. The cases run in-process (`cli.main`, fast); a
 a real process to check the exit code and stderr exactly as a shell sees them.
 """
 
+import logging
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
-from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.cli import float64_works, main
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -360,3 +362,36 @@ def test_bad_file_exits_2_with_one_line_from_the_command_line(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
     assert not (tmp_path / "runs").exists()
+
+
+# --- Apple silicon: Lightning's `auto` would pick MPS, a device without float64.
+@pytest.fixture
+def mac_without_float64(monkeypatch):
+    """MPS is available, and refuses float64 as it does on a Mac (with the same error)."""
+    ones = torch.ones
+
+    def ones_on_mps(*size, dtype=None, device=None, **kwargs):
+        if str(device) == "mps" and dtype == torch.float64:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework")
+        return ones(*size, dtype=dtype, device=device, **kwargs)
+
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(torch, "ones", ones_on_mps)
+
+
+def test_auto_accelerator_on_a_mac_trains_on_the_cpu_and_says_why(
+    mac_without_float64, tmp_path, caplog
+):
+    assert not float64_works("mps") and float64_works("cpu")
+    args = [a for a in FIT if not a.startswith("--trainer.accelerator")]
+    with caplog.at_level(logging.INFO):
+        cli = main([*args, "--trainer.accelerator=auto", f"--run.root={tmp_path}"])
+    assert isinstance(cli.trainer.accelerator, CPUAccelerator)
+    assert cli.trainer.global_step == 2
+    assert "trainer.accelerator=auto -> cpu, not Apple's MPS: MPS has no float64" in caplog.text
+
+
+def test_mps_asked_for_with_mamba1_stops_with_one_line(mac_without_float64, tmp_path, capsys):
+    args = ["--trainer.accelerator=mps", "--model.backbone.mixer=Mamba1"]
+    message = "trainer.accelerator=mps: MPS has no float64"
+    assert_one_line_and_nothing_written(args, message, tmp_path / "runs", capsys)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.accelerators import MPSAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -47,6 +48,41 @@ def default_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def float64_works(device: str) -> bool:
+    """Whether `device` computes in float64. Apple's MPS does not."""
+    try:
+        torch.ones(1, dtype=torch.float64, device=device).add_(1)
+    except (TypeError, RuntimeError):
+        return False
+    return True
+
+
+def pick_accelerator(requested: str, mixer: str | None) -> str:
+    """Lightning's `auto` picks MPS on an Apple-silicon Mac; without float64 we take the CPU.
+
+    Mamba1's reference scan solves each chunk in float64, so it cannot run on MPS at all, and
+    the reference Mamba2 is not tested there: `auto` runs on the CPU and says why. Asked for
+    by name, MPS is refused for Mamba1 and left to the user for Mamba2.
+    """
+    if requested not in ("auto", "mps") or not MPSAccelerator.is_available():
+        return requested
+    if float64_works("mps"):
+        return requested
+    if requested == "mps" and mixer == "Mamba1":
+        raise ValueError(
+            "trainer.accelerator=mps: MPS has no float64, which the Mamba1 reference scan "
+            "computes in; use --trainer.accelerator=cpu (or a CUDA GPU)."
+        )
+    if requested == "auto":
+        rank_zero_info(
+            "trainer.accelerator=auto -> cpu, not Apple's MPS: MPS has no float64 (the Mamba1 "
+            "reference scan needs it) and the reference backbone is not tested there. "
+            "--trainer.accelerator=mps tries it with Mamba2."
+        )
+        return "cpu"
+    return requested
 
 
 def _tokens(batch) -> int:
@@ -78,6 +114,11 @@ class MambaCLI(LightningCLI):
         self.resume_from = None
         if self.subcommand == "fit" and config.get("ckpt_path") is None:
             self.resume_from = resume_checkpoint(ckpt_dir)
+        backbone = getattr(self.model, "backbone", None)
+        mixer = getattr(getattr(backbone, "config", None), "mixer", None)
+        trainer_config["accelerator"] = pick_accelerator(
+            trainer_config.get("accelerator", "auto"), mixer
+        )
         if trainer_config.get("precision") is None:
             trainer_config["precision"] = default_precision()
         trainer_config.setdefault("default_root_dir", str(run_dir))
