@@ -102,6 +102,30 @@ REJECTED = {
         "one line",
     ),
     "project_name_with_a_tab": ({"project_name": "Mamba\tModel"}, "project_name", "one line"),
+    "author_name_with_a_bell": ({"author_name": "Ann\x07"}, "author_name", "control characters"),
+    "empty_description": ({"description": " "}, "description", "must not be empty"),
+    "package_name_starting_with_underscore": (
+        {"package_name": "_mamba"},
+        "package_name",
+        "starting with a letter",
+    ),
+    "empty_package_name": ({"package_name": ""}, "package_name", "must be a Python identifier"),
+    "package_name_that_shadows_stdlib_os": (
+        {"package_name": "os"},
+        "package_name",
+        "standard-library",
+    ),
+    "package_name_that_shadows_transformers": (
+        {"package_name": "transformers"},
+        "package_name",
+        "package_name=transformers_project",
+    ),
+    "slug_with_an_accent": ({"project_slug": "café"}, "project_slug", "lower-case letters"),
+    "slug_that_is_torch": (
+        {"project_slug": "torch", "package_name": "my_torch"},
+        "project_slug",
+        "project_slug=torch-project",
+    ),
 }
 
 
@@ -166,6 +190,15 @@ def test_rejects_t4_from_a_replay_file_and_says_why(template, tmp_path, capfd):
         replay(template, tmp_path, modal_gpu="T4")
     err = capfd.readouterr().err
     assert "error: modal_gpu 'T4' is not supported: T4 is sm_75, which has no bfloat16" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_rejects_a10g_from_a_replay_file_and_names_modals_spelling(template, tmp_path, capfd):
+    with pytest.raises(FailedHookException):
+        replay(template, tmp_path, modal_gpu="A10G")
+    assert "error: modal_gpu 'A10G' is not supported: Modal calls this GPU A10" in (
+        capfd.readouterr().err
+    )
     assert list((tmp_path / "out").iterdir()) == []
 
 
