@@ -110,7 +110,8 @@ def problems(answers: dict) -> list[tuple[str, str]]:
     rule(
         "project_slug",
         normalized in DEPENDENCY_DISTRIBUTIONS,
-        "must not be the distribution name of a dependency (pip would confuse the two)",
+        "must not be the distribution name of a dependency (pip would confuse the two); "
+        f"answer another, e.g. project_slug={normalized}-project",
     )
 
     package = answers["package_name"]
@@ -120,16 +121,17 @@ def problems(answers: dict) -> list[tuple[str, str]]:
         "must be a Python identifier of lower-case ASCII letters, digits and '_', "
         "starting with a letter",
     )
-    rule("package_name", keyword.iskeyword(package), "must not be a Python keyword")
+    other = f"; answer another, e.g. package_name={package}_project"
+    rule("package_name", keyword.iskeyword(package), "must not be a Python keyword" + other)
     rule(
         "package_name",
         package in sys.stdlib_module_names,
-        "must not shadow a standard-library module",
+        "must not shadow a standard-library module" + other,
     )
     rule(
         "package_name",
         package in DEPENDENCY_IMPORTS,
-        "must not shadow a dependency of the project",
+        "must not shadow a dependency of the project" + other,
     )
 
     rule(

@@ -19,7 +19,12 @@ NOT_TEMPLATE = shutil.ignore_patterns(
     "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "*.egg-info", ".venv"
 )
 
-CHOICES = {key: value for key, value in COOKIECUTTER_JSON.items() if isinstance(value, list)}
+# Questions with a list of options; keys starting with "_" are settings, not questions.
+CHOICES = {
+    key: value
+    for key, value in COOKIECUTTER_JSON.items()
+    if isinstance(value, list) and not key.startswith("_")
+}
 DEFAULTS = {key: options[0] for key, options in CHOICES.items()}
 
 # Commits made by the tests must not depend on the machine's git identity.

@@ -48,6 +48,7 @@ COMMON_FILES = {
     "src/{pkg}/runs.py",
     "src/{pkg}/scan.py",
     "tests/test_backbone.py",
+    "tests/test_bad_inputs.py",
     "tests/test_data.py",
     "tests/test_ddp.py",
     "tests/test_gpu.py",

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import CHOICES, DEFAULTS, bake
+from cookiecutter import prompt
 from cookiecutter.environment import StrictEnvironment
 from cookiecutter.exceptions import FailedHookException
+from cookiecutter.generate import generate_context
 from cookiecutter.main import cookiecutter
 
 HOOKS = Path(__file__).resolve().parents[1] / "hooks"
@@ -100,6 +102,30 @@ REJECTED = {
         "one line",
     ),
     "project_name_with_a_tab": ({"project_name": "Mamba\tModel"}, "project_name", "one line"),
+    "author_name_with_a_bell": ({"author_name": "Ann\x07"}, "author_name", "control characters"),
+    "empty_description": ({"description": " "}, "description", "must not be empty"),
+    "package_name_starting_with_underscore": (
+        {"package_name": "_mamba"},
+        "package_name",
+        "starting with a letter",
+    ),
+    "empty_package_name": ({"package_name": ""}, "package_name", "must be a Python identifier"),
+    "package_name_that_shadows_stdlib_os": (
+        {"package_name": "os"},
+        "package_name",
+        "standard-library",
+    ),
+    "package_name_that_shadows_transformers": (
+        {"package_name": "transformers"},
+        "package_name",
+        "package_name=transformers_project",
+    ),
+    "slug_with_an_accent": ({"project_slug": "café"}, "project_slug", "lower-case letters"),
+    "slug_that_is_torch": (
+        {"project_slug": "torch", "package_name": "my_torch"},
+        "project_slug",
+        "project_slug=torch-project",
+    ),
 }
 
 
@@ -164,6 +190,15 @@ def test_rejects_t4_from_a_replay_file_and_says_why(template, tmp_path, capfd):
         replay(template, tmp_path, modal_gpu="T4")
     err = capfd.readouterr().err
     assert "error: modal_gpu 'T4' is not supported: T4 is sm_75, which has no bfloat16" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_rejects_a10g_from_a_replay_file_and_names_modals_spelling(template, tmp_path, capfd):
+    with pytest.raises(FailedHookException):
+        replay(template, tmp_path, modal_gpu="A10G")
+    assert "error: modal_gpu 'A10G' is not supported: Modal calls this GPU A10" in (
+        capfd.readouterr().err
+    )
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -243,3 +278,98 @@ def test_nasty_free_text_bakes_into_parseable_files(cookies, template):
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Project names a user may type, and the slug and package name derived from each.
+PROJECT_NAMES = {
+    "Mamba Project": ("mamba-project", "mamba_project"),
+    "Café Models": ("cafe-models", "cafe_models"),
+    "Tom's Mamba (v2)": ("tom-s-mamba-v2", "tom_s_mamba_v2"),
+    "Über_Net 3.0": ("uber-net-3-0", "uber_net_3_0"),
+    "  Spaced   Out  ": ("spaced-out", "spaced_out"),
+    "R&D: Mamba/SSM [draft]": ("r-d-mamba-ssm-draft", "r_d_mamba_ssm_draft"),
+    "Tom &amp; Jerry": ("tom-jerry", "tom_jerry"),
+    "2048": ("2048", "mamba_2048"),
+    "3D Mamba": ("3d-mamba", "mamba_3d_mamba"),
+    "!!! ???": ("mamba-project", "mamba_project"),
+    "🐍🐍": ("mamba-project", "mamba_project"),
+    "Snake 🐍 Net": ("snake-net", "snake_net"),
+    "深度学习": ("shen-du-xue-xi", "shen_du_xue_xi"),
+    "Модель Мамба": ("model-mamba", "model_mamba"),
+    "Ελληνικά": ("ellenika", "ellenika"),
+    "العربية": ("l-rby", "l_rby"),
+    "ünïcode.dots_and-dashes": ("unicode-dots-and-dashes", "unicode_dots_and_dashes"),
+    "word " * 20: ("-".join(["word"] * 13), "_".join(["word"] * 13)),  # 64 characters at most
+}
+
+
+def derived_answers(template: Path, project_name: str) -> dict:
+    """The answers cookiecutter derives with --no-input for `project_name`."""
+    context = generate_context(
+        context_file=str(template / "cookiecutter.json"),
+        extra_context={"project_name": project_name},
+    )
+    return dict(prompt.prompt_for_config(context, no_input=True))
+
+
+def hook_problems(answers: dict) -> list[tuple[str, str]]:
+    namespace: dict = {}
+    exec(compile(render_hook("pre_gen_project.py", DEFAULTS), "pre_gen", "exec"), namespace)
+    return namespace["problems"](answers)
+
+
+@pytest.mark.parametrize("name", PROJECT_NAMES, ids=range(len(PROJECT_NAMES)))
+def test_any_project_name_derives_a_slug_and_package_that_the_hook_accepts(template, name):
+    answers = derived_answers(template, name)
+    assert (answers["project_slug"], answers["package_name"]) == PROJECT_NAMES[name]
+    assert hook_problems(answers) == []
+
+
+@pytest.mark.parametrize("name", ["Café Models", "Tom's Mamba (v2)", "2048"])
+def test_project_name_with_punctuation_or_accents_bakes(cookies, template, name):
+    slug, package = PROJECT_NAMES[name]
+    project = bake(cookies, template, project_name=name)
+    assert project.name == slug
+    assert (project / "src" / package / "cli.py").is_file()
+    assert name in (project / "README.md").read_text(encoding="utf-8")
+
+
+def test_interactive_prompt_offers_the_derived_slug_and_package(template, monkeypatch):
+    """The defaults shown after the project name are the valid derived ones."""
+    offered = {}
+
+    def answer(var_name, default_value, prompts=None, prefix=""):
+        offered[var_name] = default_value
+        return "Tom's Mamba (v2)" if var_name == "project_name" else default_value
+
+    monkeypatch.setattr(prompt, "read_user_variable", answer)
+    monkeypatch.setattr(prompt, "read_user_choice", lambda name, options, *a, **k: options[0])
+    context = generate_context(context_file=str(template / "cookiecutter.json"))
+    answers = prompt.prompt_for_config(context, no_input=False)
+    assert offered["project_slug"] == answers["project_slug"] == "tom-s-mamba-v2"
+    assert offered["package_name"] == answers["package_name"] == "tom_s_mamba_v2"
+
+
+@pytest.mark.parametrize(
+    "name, field, example",
+    [
+        ("Mamba SSM", "project_slug", "project_slug=mamba-ssm-project"),
+        ("Lightning", "project_slug", "project_slug=lightning-project"),
+        ("Tokenize", "package_name", "package_name=tokenize_project"),
+        ("Lambda", "package_name", "package_name=lambda_project"),
+    ],
+)
+def test_project_name_that_is_a_reserved_name_is_refused_with_an_alternative(
+    template, name, field, example
+):
+    """A name that is a dependency, keyword or stdlib module is no default to bake silently.
+
+    The derived answer breaks a rule the user must see; the message offers an answer that works.
+    """
+    answers = derived_answers(template, name)
+    found = hook_problems(answers)
+    assert found and found[0][0] == field and example in found[0][1]
+    fixed = {**answers, field: example.split("=")[1]}
+    if field == "project_slug":
+        fixed["package_name"] = fixed["project_slug"].replace("-", "_")
+    assert hook_problems(fixed) == []

@@ -13,12 +13,14 @@ import sys
 import time
 import traceback
 import warnings
+from argparse import ArgumentError
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.accelerators import MPSAccelerator
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -41,8 +43,12 @@ from .runs import (
     RunConfig,
     TimedCheckpoint,
     derive_run_id,
+    other_model,
     resume_checkpoint,
+    unreadable,
 )
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def default_precision() -> str:
@@ -50,6 +56,41 @@ def default_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def float64_works(device: str) -> bool:
+    """Whether `device` computes in float64. Apple's MPS does not."""
+    try:
+        torch.ones(1, dtype=torch.float64, device=device).add_(1)
+    except (TypeError, RuntimeError):
+        return False
+    return True
+
+
+def pick_accelerator(requested: str, mixer: str | None) -> str:
+    """Lightning's `auto` picks MPS on an Apple-silicon Mac; without float64 we take the CPU.
+
+    Mamba1's reference scan solves each chunk in float64, so it cannot run on MPS at all, and
+    the reference Mamba2 is not tested there: `auto` runs on the CPU and says why. Asked for
+    by name, MPS is refused for Mamba1 and left to the user for Mamba2.
+    """
+    if requested not in ("auto", "mps") or not MPSAccelerator.is_available():
+        return requested
+    if float64_works("mps"):
+        return requested
+    if requested == "mps" and mixer == "Mamba1":
+        raise ValueError(
+            "trainer.accelerator=mps: MPS has no float64, which the Mamba1 reference scan "
+            "computes in; use --trainer.accelerator=cpu (or a CUDA GPU)."
+        )
+    if requested == "auto":
+        rank_zero_info(
+            "trainer.accelerator=auto -> cpu, not Apple's MPS: MPS has no float64 (the Mamba1 "
+            "reference scan needs it) and the reference backbone is not tested there. "
+            "--trainer.accelerator=mps tries it with Mamba2."
+        )
+        return "cpu"
+    return requested
 
 
 def _tokens(batch) -> int:
@@ -111,10 +152,16 @@ class MambaCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         run_id, run_dir, log_dir = self._run_paths()
         self.run_id, self.run_dir = run_id, run_dir
+        undo = UndoFailedStart(run_dir, log_dir)  # before anything below can write there
         ckpt_dir = run_dir / "checkpoints"
         self.resume_from = None
         if self.subcommand == "fit" and config.get("ckpt_path") is None:
             self.resume_from = resume_checkpoint(ckpt_dir)
+        backbone = getattr(self.model, "backbone", None)
+        mixer = getattr(getattr(backbone, "config", None), "mixer", None)
+        trainer_config["accelerator"] = pick_accelerator(
+            trainer_config.get("accelerator", "auto"), mixer
+        )
         if trainer_config.get("precision") is None:
             trainer_config["precision"] = default_precision()
         trainer_config.setdefault("default_root_dir", str(run_dir))
@@ -156,6 +203,7 @@ class MambaCLI(LightningCLI):
             ContinueTensorBoard(),
             LearningRateMonitor(logging_interval="step"),
             LoggedThroughput(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),
+            undo,
         ]
         bar = trainer_config.get("enable_progress_bar") in (None, True)
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -163,14 +211,35 @@ class MambaCLI(LightningCLI):
             callbacks.append(TQDMProgressBar(refresh_rate=10))
         return self._instantiate_trainer(trainer_config, callbacks)
 
-    def before_fit(self):
-        self.model.use_cuda_graphs(self.trainer)  # model.cuda_graphs=on where it cannot work
-        given = self.config_init.fit.get("ckpt_path")
+    def _given_checkpoint(self) -> Path | None:
+        """--ckpt_path when it names a local file (not last/best/hpc/registry or a URL)."""
+        given = self.config[self.config.subcommand].get("ckpt_path")
         special = given in ("last", "best", "hpc", "registry") or "://" in str(given)
-        if given is not None and not special and not Path(given).is_file():
+        return None if given is None or special else Path(given)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the model's hyperparameters from --ckpt_path here: check it first."""
+        given = self._given_checkpoint() if self.config.get("subcommand") else None
+        if given is not None and not given.is_file():
             raise FileNotFoundError(
                 f"--ckpt_path={given}: no such file. Leave --ckpt_path out to resume this "
-                f"run's own last.ckpt (run id {self.run_id}), or give an existing .ckpt file."
+                "run's own last.ckpt, or give an existing .ckpt file."
+            )
+        fit = self.config.get("subcommand") == "fit"
+        if fit and given is not None and (problem := unreadable(given)):
+            raise ValueError(
+                f"--ckpt_path={given} is not a checkpoint written by fit ({problem}); give a "
+                "last.ckpt or best.ckpt, or leave --ckpt_path out to resume this run's own."
+            )
+        super()._parse_ckpt_path()
+
+    def before_fit(self):
+        self.model.use_cuda_graphs(self.trainer)  # model.cuda_graphs=on where it cannot work
+        resumed = self.resume_from or self._given_checkpoint()
+        if resumed is not None and (problem := other_model(resumed, self.model)):
+            raise ValueError(
+                f"{resumed} holds another model than this config builds ({problem}); resume "
+                "with the model config it was trained with, or start afresh under a new --run.id."
             )
         if self.resume_from is not None:
             # the run's own checkpoint directory is meant to be reused: no warning about it
@@ -184,18 +253,60 @@ class MambaCLI(LightningCLI):
 def input_error(err: BaseException) -> str | None:
     """The message of a bad input, or None for anything else (which keeps its traceback).
 
-    A bad input is a missing file, or an error raised by this package's own argument checks,
-    which LightningCLI and jsonargparse wrap in a few layers of their own.
+    A bad input is an error raised by this package's own checks, a missing file, or an
+    argument the parser refuses (its type, its choices, an unknown key). LightningCLI and
+    jsonargparse wrap our checks in a few layers of their own, and a check may be raised while
+    another error is handled (a UnicodeDecodeError, a KeyError), so the whole chain of causes
+    and contexts is searched: the outermost of our own errors is the message (it is the one
+    written for the user), else the parser's, else a missing file anywhere in the chain.
     """
-    while (inner := err.__cause__ or err.__context__) is not None:
-        err = inner
-    if isinstance(err, FileNotFoundError):
-        return str(err)
-    frames = traceback.extract_tb(err.__traceback__)
-    ours = frames and Path(frames[-1].filename).parent == Path(__file__).parent
-    if ours and isinstance(err, ValueError | TypeError | RuntimeError):
-        return str(err)
-    return None
+    chain = []
+    while err is not None and all(err is not seen for seen in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for err in chain:
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = frames and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
+        if ours and isinstance(err, ValueError | TypeError | RuntimeError | FileNotFoundError):
+            return str(err)
+    for err in chain:
+        if isinstance(err, ArgumentError):  # jsonargparse's message spans several lines
+            return " ".join(str(err).split()) + ". See --help for the accepted values."
+    missing = [err for err in chain if isinstance(err, FileNotFoundError)]
+    return str(missing[-1]) if missing else None
+
+
+class UndoFailedStart(Callback):
+    """A start that stops on a bad input leaves the run's folders as it found them.
+
+    Lightning creates the TensorBoard event file and writes config.yaml while it sets up,
+    before the data can be found bad (a text shorter than one window, say). If this start stops
+    on a bad input before its first optimizer step, the files and folders it added are removed:
+    a run folder without a trained step would only look like a run.
+    """
+
+    def __init__(self, *folders: Path):
+        self.watched = []
+        for folder in folders:
+            while not folder.parent.exists():  # watch the highest folder this start may create
+                folder = folder.parent
+            self.watched.append(folder)
+        self.before, self.trained = self.listing(), False
+
+    def listing(self) -> set[Path]:
+        return {p for f in self.watched if f.exists() for p in (f, *f.rglob("*"))}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.trained = True
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self.trained or not trainer.is_global_zero or input_error(exception) is None:
+            return
+        for path in sorted(self.listing() - self.before, key=lambda p: -len(p.parts)):
+            if path.is_dir():
+                path.rmdir()  # deepest first, so it is empty by now
+            else:
+                path.unlink(missing_ok=True)
 
 
 def main(args: list[str] | None = None) -> MambaCLI:
@@ -210,6 +321,7 @@ def main(args: list[str] | None = None) -> MambaCLI:
             LightningDataModule,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # a refused argument is one line, see below
             args=args,
             auto_configure_optimizers=False,
         )

@@ -20,6 +20,7 @@ import random
 import re
 import signal
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
@@ -108,12 +109,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def unreadable(path: Path) -> str | None:
     """Why `path` is not a complete Lightning checkpoint, or None if it is one."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return "not a file written by torch.save, or one cut short"
     try:  # mmap: the structure is read, the tensors' bytes are not (Lightning loads them next)
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean unusable
         return f"{type(err).__name__}: {err}"
     missing = {"state_dict", "global_step", "loops", "optimizer_states"} - set(state)
     return f"missing {sorted(missing)}" if missing else None
+
+
+def other_model(path: Path, model: torch.nn.Module) -> str | None:
+    """How the weights in the checkpoint at `path` differ from `model`'s, or None if they fit."""
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    wanted = model.state_dict()
+    for name, tensor in wanted.items():
+        if name not in saved:
+            return f"it has no {name}"
+        if saved[name].shape != tensor.shape:
+            shapes = f"{tuple(saved[name].shape)} there, {tuple(tensor.shape)} here"
+            return f"{name} is {shapes}"
+    extra = sorted(saved.keys() - wanted.keys())
+    return f"it has {extra[0]}, which this model lacks" if extra else None
 
 
 def resume_checkpoint(checkpoints: Path) -> Path | None:
@@ -183,8 +200,22 @@ class TimedCheckpoint(ModelCheckpoint):
     saves the final state at the last step instead.
     """
 
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if not at_epoch_end(trainer):  # see at_epoch_end: the interval's save comes a step later
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
     def on_train_end(self, trainer, pl_module) -> None:
         pass
+
+
+def at_epoch_end(trainer) -> bool:
+    """Whether the step just taken was the last batch of an epoch.
+
+    A checkpoint written then resumes on the wrong batches: Lightning starts the next epoch but
+    replays the finished epoch's loader position onto it. So no checkpoint is written at that
+    step; the time-based save, a signal's save and a stop (max_time) wait for the next one.
+    """
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 class Interrupted(Exception):
@@ -199,10 +230,14 @@ class Interrupted(Exception):
         return 128 + self.signum  # the shell's convention for "killed by this signal"
 
 
-class LastCheckpoint(Callback):
-    """Keeps last.ckpt current: after each validation, at the end of `fit`, and on a signal.
+class LastCheckpoint(Checkpoint):
+    """Keeps last.ckpt current: after each validation, at the last step, and on a signal.
 
-    Lightning's time-based checkpoint (`run.checkpoint_minutes`) covers the time in between.
+    The last step is the one that reaches max_steps, or after which another callback stops
+    the run (the Timer of max_time): Lightning runs Checkpoint callbacks after all others, so
+    their decision is known here. A stop asked for at an epoch's last batch is carried to the
+    next step (see at_epoch_end). Lightning's time-based checkpoint (`run.checkpoint_minutes`)
+    covers the time in between.
     On SIGINT/SIGTERM the handler only records the signal; after the optimizer step the
     checkpoint is written and Interrupted is raised when the next batch starts, so the
     finished step's metrics are logged (and a validation due at that step has run) as in an
@@ -217,6 +252,7 @@ class LastCheckpoint(Callback):
         self.received = self.stop = 0
         self.saved_step = -1
         self.previous = {}
+        self.stop_next = False
 
     def save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
@@ -240,9 +276,16 @@ class LastCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop._should_accumulate():
             return
-        if 0 < trainer.max_steps <= trainer.global_step:
-            # The last step: save now, while the epoch counter still matches the data
-            # loader's position (at on_train_end Lightning has already moved it on).
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        if at_epoch_end(trainer) and not last_step:
+            self.stop_next |= trainer.should_stop
+            trainer.should_stop = False
+            return
+        trainer.should_stop |= self.stop_next
+        self.stop_next = False
+        if trainer.should_stop or last_step:
+            # The last step: save now, while the loops' counters still match the data
+            # loader's position (at on_train_end Lightning has already moved them on).
             self.save(trainer)
         if not self.previous or self.stop:
             return
