@@ -302,9 +302,7 @@ def test_tokenized_text_windows_are_the_tokenizer_ids_in_a_uint16_cache(tmp_path
         assert torch.equal(train[i][1], torch.tensor(ids[8 * i + 1 : 8 * i + 9]))
 
 
-def test_token_cache_is_separate_per_tokenizer_and_chunks_end_at_line_breaks(
-    tmp_path, monkeypatch
-):
+def test_token_cache_is_separate_per_tokenizer_and_chunks_end_at_line_breaks(tmp_path, monkeypatch):
     from tokenizers import Tokenizer
 
     corpus = "".join(f"line {i}: the cat sat on the mat\n" for i in range(200))

@@ -186,7 +186,9 @@ class Checkpoint:
                 state.update(load_file(path))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
-        embedding = "backbone.embeddings.weight" if self.format == "hf" else "backbone.embedding.weight"
+        embedding = (
+            "backbone.embeddings.weight" if self.format == "hf" else "backbone.embedding.weight"
+        )
         if embedding not in state:
             raise ValueError(f"{self.source}: the weights have no {embedding}; not a Mamba LM")
         head = state.pop("lm_head.weight", None)
@@ -460,4 +462,3 @@ def _hf_config(config: BackboneConfig, vocab_size: int) -> dict:
         "n_groups": config.ngroups,
         "chunk_size": config.chunk_size,
     }
-
