@@ -72,7 +72,7 @@ COMPUTE = {
 
 def looks_like_path(name: str) -> bool:
     """A name that can only be a path (./x, /x, ~/x, x.json, a/b/c), never a hub id."""
-    return not HUB_ID.fullmatch(name)
+    return name.endswith(".json") or not HUB_ID.fullmatch(name)
 
 
 def hub_file(
