@@ -202,11 +202,18 @@ def leave_process_group() -> None:
 
 
 # ------------------------------------------------------------------ generate and export
+class CommandParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, exit 2, like every other bad input (argparse would add its usage)."""
+        print(f"error: {self.prog.split()[-1]}: {message}; see --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def export(argv: list[str]) -> None:
     """Write a trained checkpoint as a folder in mamba-ssm's or HF transformers' format."""
     from .pretrained import FORMATS
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__package__} export")
+    parser = CommandParser(prog=f"python -m {__package__} export")
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by fit")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="a new (or empty) folder")
@@ -224,7 +231,7 @@ def generate(argv: list[str]) -> None:
     from .data.text import TextTokenizer
     from .pretrained import hub_file, looks_like_path
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__package__} generate")
+    parser = CommandParser(prog=f"python -m {__package__} generate")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", help="a .ckpt written by fit")
     source.add_argument("--pretrained", help="a checkpoint folder or hub id")
