@@ -154,7 +154,7 @@ def input_error(err: BaseException) -> str | None:
     return None
 
 
-def main(args: list[str] | None = None) -> MambaCLI:
+def main(args: list[str] | None = None) -> MambaCLI | None:
     """Run the command line.
 
     Exit codes: 2 for a bad input (one line on stderr says which and what to do), 128 + the
