@@ -1,13 +1,12 @@
-"""Specification of the data modules: batch formats, seeding, the text cache and bad-data errors."""
+"""Specification of the data modules: batch formats, seeding, the text cache, tokenizers and
+bad-data errors."""
 
-import io
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }} import data
 from {{ cookiecutter.package_name }}.data import (
     ArrayClassification,
     InductionHeads,
@@ -15,6 +14,7 @@ from {{ cookiecutter.package_name }}.data import (
     SyntheticSeries,
     TextFile,
 )
+from {{ cookiecutter.package_name }}.data import text as text_data
 
 SMALL = {"num_train_samples": 64, "num_val_samples": 32, "batch_size": 8}
 
@@ -181,7 +181,7 @@ def test_text_cache_is_built_once_and_reused(tmp_path, monkeypatch):
     def no_rebuild(*args):
         raise AssertionError("the cache was rebuilt although the source did not change")
 
-    monkeypatch.setattr(data, "_copy_utf8", no_rebuild)
+    monkeypatch.setattr(text_data, "_read_utf8", no_rebuild)
     dm = text_module(source)
     dm.setup("fit")
     assert len(dm.dataset("train")) > 0
@@ -226,11 +226,11 @@ def test_utf8_check_spans_chunk_boundaries_and_reports_the_offset(tmp_path):
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     good.write_text("aé€𝄞" * 5)  # 1-, 2-, 3- and 4-byte characters cut by 3-byte chunks
     bad.write_bytes("aé€𝄞".encode() + b"xy\xe2\x82z")
-    out = io.BytesIO()
-    data._copy_utf8(good, out, chunk_size=3)
-    assert out.getvalue() == good.read_bytes()
+    chunks = list(text_data._read_utf8(good, chunk_size=3))
+    assert b"".join(raw for raw, _ in chunks) == good.read_bytes()
+    assert "".join(decoded for _, decoded in chunks) == good.read_text()  # whole characters
     with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 at byte offset 12 "):
-        data._copy_utf8(bad, io.BytesIO(), chunk_size=3)
+        list(text_data._read_utf8(bad, chunk_size=3))
 
 
 def test_text_rejects_a_missing_path(tmp_path):
@@ -261,6 +261,81 @@ def test_text_rejects_bad_data_naming_the_problem(tmp_path, files, kwargs, messa
     path = corpus / "a.txt" if list(files) == ["a.txt"] else corpus
     with pytest.raises(ValueError, match=message):
         text_module(path, **kwargs).setup("fit")
+
+
+# Tokenized text
+
+CORPUS = "the cat sat on the mat. the dog sat on the log. " * 40
+
+
+def bpe_tokenizer(path, vocab_size=300):
+    """A byte-level BPE tokenizer.json (GPT-NeoX's kind) trained offline on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+    )
+    tokenizer.train_from_iterator([CORPUS], trainer)
+    tokenizer.save(str(path))
+    return path
+
+
+def test_tokenized_text_windows_are_the_tokenizer_ids_in_a_uint16_cache(tmp_path):
+    from tokenizers import Tokenizer
+
+    (tmp_path / "a.txt").write_text(CORPUS)
+    spec = bpe_tokenizer(tmp_path / "tokenizer.json")
+    ids = Tokenizer.from_file(str(spec)).encode(CORPUS).ids
+    dm = text_module(tmp_path / "a.txt", tokenizer=str(spec))
+    dm.setup("fit")
+    assert dm.vocab_size == Tokenizer.from_file(str(spec)).get_vocab_size() <= 300
+    assert dm.cache.suffix == ".u16" and dm.cache.stat().st_size == 2 * len(ids)
+    assert dm.bounds["val"][1] == len(ids) < len(CORPUS)
+    train = dm.dataset("train")
+    for i in (0, 2):
+        assert torch.equal(train[i][0], torch.tensor(ids[8 * i : 8 * i + 8]))
+        assert torch.equal(train[i][1], torch.tensor(ids[8 * i + 1 : 8 * i + 9]))
+
+
+def test_token_cache_is_separate_per_tokenizer_and_chunks_end_at_line_breaks(tmp_path, monkeypatch):
+    from tokenizers import Tokenizer
+
+    corpus = "".join(f"line {i}: the cat sat on the mat\n" for i in range(200))
+    (tmp_path / "a.txt").write_text(corpus)
+    spec = str(bpe_tokenizer(tmp_path / "tokenizer.json"))
+    text_module(tmp_path / "a.txt").setup("fit")  # the bytes cache
+    read = text_data._read_utf8
+    monkeypatch.setattr(text_data, "_read_utf8", lambda source: read(source, chunk_size=100))
+    dm = text_module(tmp_path / "a.txt", tokenizer=spec)
+    dm.setup("fit")  # 60 chunks, each tokenized up to its last line break
+    tokens = np.fromfile(dm.cache, dtype=np.uint16)
+    assert tokens.tolist() == Tokenizer.from_file(spec).encode(corpus).ids
+    assert (tmp_path / ".cache" / "a.txt.bytes.u8").read_text() == corpus  # still there
+
+
+def test_vocabularies_above_65536_get_a_uint32_cache(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {f"w{i}": i for i in range(70_000)}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(tmp_path / "big.json"))
+    (tmp_path / "a.txt").write_text(" ".join(f"w{i}" for i in range(69_950, 70_000)) * 2)
+    dm = text_module(tmp_path / "a.txt", tokenizer=str(tmp_path / "big.json"))
+    dm.setup("fit")
+    assert dm.vocab_size == 70_000 and dm.cache.suffix == ".u32"
+    assert int(dm.dataset("train")[0][0].max()) >= 65_536
+
+
+def test_text_rejects_a_tokenizer_that_is_not_there(tmp_path):
+    (tmp_path / "a.txt").write_text(CORPUS)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer='./nope.json': no such tokenizer"):
+        text_module(tmp_path / "a.txt", tokenizer="./nope.json")
 
 
 # Array classification

@@ -11,7 +11,7 @@ setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on
 """
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Literal
 
 import lightning as L
@@ -27,6 +27,7 @@ from .data import IGNORE_INDEX
 from .graphs import GraphedLoss, Setting, decide
 from .kernels import check_kernels
 from .loss import linear_cross_entropy
+from .pretrained import read_checkpoint, save
 
 Task = Literal["language_model", "sequence_classification"]
 
@@ -45,6 +46,9 @@ class MambaModule(L.LightningModule):
         kernels: what to do when a fused fast path is missing: require (stop), warn, off.
         cuda_graphs: replay the training loss's forward and backward from CUDA graphs
             (graphs.py): auto (wherever it is safe), on (refuse where it cannot work), off.
+        init_from: start from pretrained weights: a checkpoint folder (mamba-ssm's or HF's
+            format) or a hub id such as state-spaces/mamba-130m; the backbone's shape comes
+            from its config. init_revision pins a hub branch, tag or commit.
     """
 
     def __init__(
@@ -62,8 +66,16 @@ class MambaModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         kernels: Literal["require", "warn", "off"] = "require",
         cuda_graphs: Setting = "auto",
+        init_from: str | None = None,
+        init_revision: str | None = None,
     ):
         super().__init__()
+        pretrained = None
+        if init_from is not None:
+            if task != "language_model":
+                raise ValueError(f"model.init_from={init_from!r} needs task=language_model")
+            pretrained = read_checkpoint(init_from, init_revision)
+            backbone, vocab_size = pretrained.configure(backbone, vocab_size)
         _check_hyperparameters(
             task,
             vocab_size,
@@ -75,6 +87,10 @@ class MambaModule(L.LightningModule):
             min_lr_ratio,
         )
         self.save_hyperparameters()
+        if pretrained is not None:  # our checkpoints rebuild this shape and carry the weights
+            saved = asdict(backbone) if isinstance(self.hparams.backbone, dict) else backbone
+            self.hparams.update(backbone=saved, vocab_size=vocab_size)
+            self.hparams.update(init_from=None, init_revision=None)
         if task == "language_model":
             self.backbone = Backbone(backbone, vocab_size=vocab_size)
             metrics = torchmetrics.MetricCollection(
@@ -98,6 +114,8 @@ class MambaModule(L.LightningModule):
                     "auroc": torchmetrics.AUROC(kind, **args),
                 }
             )
+        if pretrained is not None:
+            pretrained.load_into(self.backbone)
         self.train_metrics = metrics.clone(prefix="train/")  # classification only
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -303,10 +321,24 @@ class MambaModule(L.LightningModule):
         return torch.cat(tokens, dim=1)
 
     @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: str | None = None, **overrides):
+        """A language model initialised from a pretrained checkpoint (see `init_from`).
+
+        `overrides` are any other constructor arguments, e.g. backbone=BackboneConfig(impl=...)
+        or vocab_size (a tokenizer's, which may differ from the checkpoint's by padding only).
+        """
+        return cls(init_from=name_or_path, init_revision=revision, **overrides)
+
+    def save_pretrained(self, directory: str, format: Literal["mamba_ssm", "hf"] = "mamba_ssm"):
+        """Write a folder that mamba-ssm's or HF's `from_pretrained` loads (and ours too)."""
+        return save(self, directory, format)
+
+    @classmethod
     def load_for_device(cls, checkpoint_path: str, impl: str = "auto", **kwargs):
         """Load a checkpoint with another backbone implementation (e.g. fused -> reference)."""
         hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        config = replace(hparams["hyper_parameters"]["backbone"], impl=impl)
+        saved = hparams["hyper_parameters"]["backbone"]  # the CLI's checkpoints: a dict
+        config = {**saved, "impl": impl} if isinstance(saved, dict) else replace(saved, impl=impl)
         return cls.load_from_checkpoint(checkpoint_path, backbone=config, **kwargs)
 
 

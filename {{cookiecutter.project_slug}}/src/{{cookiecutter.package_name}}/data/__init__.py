@@ -1,0 +1,47 @@
+"""What the model sees: one LightningDataModule per data source, one module per kind of source.
+
+    base.py        the shared plumbing: argument checks, the sampler, StatefulDataLoaders
+    synthetic.py   SelectiveCopying, InductionHeads: language-model tasks generated on the fly
+    text.py        TextFile: your own text, as bytes or through a tokenizer
+    series.py      SyntheticSeries: generated multichannel series to classify
+    arrays.py      ArrayClassification: your own (N, L, C) arrays to classify
+
+A LightningDataModule bundles everything about the data in hooks that the Trainer calls in order:
+
+    __init__(...)           every process, when LightningCLI builds the module: check the arguments
+                            and set `vocab_size`, `num_channels`, `num_classes` and `task`, which
+                            the CLI copies into the model before the model is built.
+    prepare_data()          once per machine (local rank 0 only), before setup: slow one-off work
+                            that writes to disk, such as encoding a text corpus into a token cache.
+                            Don't keep state here: other processes never run it.
+    setup(stage)            every process, after prepare_data: load or map what prepare_data made.
+    train_dataloader() ...  every process, when a loop starts (again every epoch with
+                            `Trainer(reload_dataloaders_every_n_epochs=1)`).
+
+Language-model batches are `(inputs, targets)`, both LongTensor (B, L); the loss at position t
+compares the output at t with `targets[t]`, and -100 marks positions that are not scored.
+Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
+
+The synthetic tasks draw item i of a split from a generator seeded by (seed, split, i), so every
+epoch, worker, restart and DDP rank sees the same data, and train and val never share a seed.
+`test` evaluates the val split: none of these sources has a third, held-out split.
+"""
+
+from .arrays import ArrayClassification
+from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
+from .series import SyntheticSeries
+from .synthetic import InductionHeads, SelectiveCopying
+from .text import TextFile, TokenWindows
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ArrayClassification",
+    "BaseDataModule",
+    "GeneratedDataModule",
+    "InductionHeads",
+    "SeededDataset",
+    "SelectiveCopying",
+    "SyntheticSeries",
+    "TextFile",
+    "TokenWindows",
+]

@@ -1,0 +1,464 @@
+"""Pretrained weights in and out, in mamba-ssm's folder format and in HF transformers'.
+
+The published Mamba checkpoints come in two layouts, and both load into our backbone:
+
+    mamba_ssm  config.json {d_model, n_layer, vocab_size, ssm_cfg, pad_vocab_size_multiple, ...}
+               + pytorch_model.bin; state_spaces/mamba-130m ... mamba2-2.7b. Its keys are ours
+               (`backbone.layers.0.mixer.in_proj.weight`, ...) because our Backbone mirrors
+               mamba-ssm's MixerModel, plus `lm_head.weight`, the embedding again (tied).
+    hf         config.json {model_type: mamba | mamba2, hidden_size, ...} + model.safetensors
+               or pytorch_model.bin, either possibly sharded with an index; the `-hf` repos.
+               The same names, but `backbone.embeddings` for our `backbone.embedding`, and no
+               `lm_head.weight` when it is tied.
+
+A name is a local folder when one exists under that name, else a hub id: huggingface_hub fetches
+the files into its cache (under HF_HOME; on Modal a Volume, so containers fetch them once),
+honours a `revision` pin, and with HF_HUB_OFFLINE=1 reads only what is cached.
+
+The checkpoint's config fixes the backbone's shape. A field the YAML leaves at BackboneConfig's
+default takes the checkpoint's value; a field set to anything else must agree with it, because a
+disagreeing value is a mistake either in the YAML or in the choice of checkpoint, not a request
+to reshape the weights.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .backbone import BackboneConfig
+
+FORMATS = ("mamba_ssm", "hf")
+# in order of preference; an index lists the shards of a large checkpoint
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+# mamba-ssm's module defaults, which its config.json leaves out (state-spaces/mamba-130m's
+# ssm_cfg is {}), and HF's config defaults, which a saved config.json may leave out
+MAMBA_SSM_DEFAULTS = {
+    "Mamba1": {"d_state": 16, "d_conv": 4, "expand": 2},
+    "Mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1},
+}
+HF_DEFAULTS = {
+    "mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2},
+    "mamba2": {"state_size": 128, "conv_kernel": 4, "expand": 2, "n_groups": 8, "head_dim": 64},
+}
+# ssm_cfg entries that only shape the initialisation or pick a kernel: the weights decide
+INIT_ONLY = {
+    "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "A_init_range", "conv_init",
+    "use_fast_path", "use_mem_eff_path",
+}  # fmt: skip
+# ssm_cfg entries that change the computation: our twins follow mamba-ssm's default only
+COMPUTE = {
+    "dt_rank": "auto",
+    "bias": False,
+    "conv_bias": True,
+    "D_has_hdim": False,
+    "rmsnorm": True,
+    "norm_before_gate": False,
+    "d_ssm": None,
+    "dt_limit": (0.0, math.inf),
+}
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a path (./x, /x, ~/x, x.json, a/b/c), never a hub id."""
+    return name.endswith(".json") or not HUB_ID.fullmatch(name)
+
+
+def hub_file(
+    repo_id: str,
+    filename: str,
+    revision: str | None = None,
+    what: str = "checkpoint",
+    required: bool = True,
+) -> Path | None:
+    """One file of a hub repo, from huggingface_hub's cache or downloaded into it.
+
+    Returns None for a file the repo does not have (or, offline, that is not cached) unless
+    `required`; every other failure is one line that says what to do.
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"{what} {repo_id}@{revision}" if revision else f"{what} {repo_id}"
+    nowhere = f"(and there is no local folder {repo_id!r})"
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except LocalEntryNotFoundError:  # offline, or the hub is unreachable, and not in the cache
+        if not required:
+            return None
+        if constants.is_offline_mode():
+            message = (
+                f"{at}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"{nowhere}, and HF_HUB_OFFLINE=1 forbids downloading it; run once online, or "
+                "give a local folder"
+            )
+        else:
+            message = f"{at}: {filename} could not be downloaded and is not cached {nowhere}"
+    except EntryNotFoundError:
+        if not required:
+            return None
+        message = f"{at} has no {filename}"
+    except RepositoryNotFoundError:
+        message = f"{at} is no hub repo you can read {nowhere}; check the name"
+    except RevisionNotFoundError:
+        message = f"{at}: the repo has no revision {revision!r}; give a branch, tag or commit"
+    except HFValidationError:
+        message = f"{what} {repo_id!r} is neither an existing path nor a hub id (org/name)"
+    raise FileNotFoundError(message)
+
+
+def _read_json(path: Path, source: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        message = str(err)
+    raise ValueError(f"{source}: {path.name} is not valid JSON ({message})")
+
+
+@dataclass
+class Checkpoint:
+    """A pretrained checkpoint located and its config read; the weights are read on demand."""
+
+    source: str  # what the user named, for messages
+    format: str  # mamba_ssm | hf
+    fixed: dict  # the BackboneConfig fields its weights fix
+    vocab_size: int  # the vocabulary its config states
+    rows: int  # the rows of its embedding (vocab_size padded, in mamba-ssm's format)
+    chunk_size: int | None  # Mamba2's SSD chunk length, if it names one: taken unless set
+    weights: list[Path]
+
+    def configure(self, given: BackboneConfig, vocab_size: int | None):
+        """The backbone config and vocabulary size for a model initialised from here."""
+        default = BackboneConfig()
+        for name, value in self.fixed.items():
+            mine = getattr(given, name)
+            if mine != getattr(default, name) and mine != value:
+                raise ValueError(
+                    f"model.backbone.{name}={mine!r} contradicts {self.source}, whose config "
+                    f"gives {name}={value!r}; leave backbone.{name} out of the config (it comes "
+                    f"from the checkpoint) or set it to {value!r}"
+                )
+        config = replace(given, **self.fixed)
+        if self.chunk_size is not None and given.chunk_size == default.chunk_size:
+            config = replace(config, chunk_size=self.chunk_size)
+        if vocab_size is None:
+            return config, self.vocab_size
+        if vocab_size > self.rows:
+            raise ValueError(
+                f"model.vocab_size={vocab_size} (the data's tokenizer) is larger than the "
+                f"{self.rows} token embeddings of {self.source}; ids from {self.rows} on would "
+                "have none. Use the checkpoint's own tokenizer (data.tokenizer=...)"
+            )
+        multiple = config.pad_vocab_size_multiple
+        if math.ceil(vocab_size / multiple) * multiple < self.vocab_size:
+            raise ValueError(
+                f"model.vocab_size={vocab_size} (the data's tokenizer) is smaller than the "
+                f"{self.vocab_size} tokens of {self.source}: its token ids would not mean what "
+                "the checkpoint learnt. Use the checkpoint's own tokenizer (data.tokenizer=..., "
+                "e.g. EleutherAI/gpt-neox-20b for the state-spaces models)"
+            )
+        return config, vocab_size
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The backbone's weights under our names (no `backbone.` prefix, no output head)."""
+        state = {}
+        for path in self.weights:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(path))
+            else:
+                state.update(torch.load(path, map_location="cpu", weights_only=True))
+        embedding = (
+            "backbone.embeddings.weight" if self.format == "hf" else "backbone.embedding.weight"
+        )
+        if embedding not in state:
+            raise ValueError(f"{self.source}: the weights have no {embedding}; not a Mamba LM")
+        head = state.pop("lm_head.weight", None)
+        if head is not None and not torch.equal(head, state[embedding]):
+            raise ValueError(
+                f"{self.source}: lm_head.weight differs from the embedding; this model ties "
+                "its output head to the embedding (as the published checkpoints do)"
+            )
+        state["backbone.embedding.weight"] = state.pop(embedding)
+        return {k.removeprefix("backbone."): v for k, v in state.items()}
+
+    def load_into(self, backbone: torch.nn.Module) -> None:
+        """Copy the weights in; the embedding's rows as far as both have them.
+
+        The rows past the vocabulary are padding that no loss or logit ever reads: a model
+        with more of them keeps its fresh ones, a model with fewer leaves the extra ones out.
+        """
+        state = self.state_dict()
+        ours = backbone.state_dict()
+        wrong = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in ours.items()
+            if k != "embedding.weight" and k in state and state[k].shape != v.shape
+        ]
+        missing = sorted(set(ours) - set(state))
+        unexpected = sorted(set(state) - set(ours))
+        if wrong or missing or unexpected:
+            raise ValueError(
+                f"{self.source}: the weights do not match the backbone its config describes "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})"
+            )
+        embedding = state.pop("embedding.weight")
+        rows = min(len(embedding), len(ours["embedding.weight"]))
+        with torch.no_grad():
+            backbone.embedding.weight[:rows] = embedding[:rows]
+        state["embedding.weight"] = backbone.embedding.weight.detach()
+        backbone.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoint:
+    """Locate a checkpoint (local folder or hub id) and read its config."""
+    local = Path(name_or_path).expanduser()
+    if local.exists() or looks_like_path(name_or_path):
+        if not local.is_dir():
+            raise FileNotFoundError(
+                f"init_from={name_or_path!r}: no such folder; give a checkpoint folder "
+                "(config.json + weights) or a hub id such as state-spaces/mamba-130m"
+            )
+        if revision is not None:
+            raise ValueError(
+                f"init_revision={revision!r} applies to hub ids; {name_or_path} is a local folder"
+            )
+        config_path = local / "config.json"
+        weights = [local / name for name in WEIGHT_FILES if (local / name).is_file()][:1]
+        if not config_path.is_file() or not weights:
+            raise FileNotFoundError(
+                f"init_from={name_or_path!r} is not a checkpoint folder: it needs config.json "
+                f"and one of {', '.join(WEIGHT_FILES)}"
+            )
+        shard = lambda name: local / name  # noqa: E731
+    else:
+        config_path = hub_file(name_or_path, "config.json", revision)
+        weights = []
+        for name in WEIGHT_FILES:
+            found = hub_file(name_or_path, name, revision, required=False)
+            if found is not None:
+                weights = [found]
+                break
+        if not weights:
+            raise FileNotFoundError(
+                f"{name_or_path}: config.json is there but none of {', '.join(WEIGHT_FILES)} "
+                "(offline: only what was cached can be read); not a checkpoint this loader reads"
+            )
+        shard = lambda name: hub_file(name_or_path, name, revision)  # noqa: E731
+    if weights[0].name.endswith(".index.json"):
+        shards = sorted(set(_read_json(weights[0], name_or_path)["weight_map"].values()))
+        weights = [shard(name) for name in shards]
+    config = _read_json(config_path, name_or_path)
+    if "model_type" in config:
+        return Checkpoint(name_or_path, "hf", *_from_hf(config, name_or_path), weights)
+    if "d_model" in config and "n_layer" in config:
+        fixed, vocab, rows, chunk = _from_mamba_ssm(config, name_or_path)
+        return Checkpoint(name_or_path, "mamba_ssm", fixed, vocab, rows, chunk, weights)
+    raise ValueError(
+        f"{name_or_path}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
+        "transformers' (model_type mamba or mamba2); not a Mamba checkpoint"
+    )
+
+
+def _require(ok: bool, source: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{source}: {what}; this backbone supports mamba-ssm's defaults there")
+
+
+def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, int | None]:
+    ssm = dict(config.get("ssm_cfg") or {})
+    mixer = ssm.pop("layer", "Mamba1")
+    _require(mixer in MAMBA_SSM_DEFAULTS, source, f"ssm_cfg.layer={mixer!r} is unknown")
+    _require(not config.get("attn_layer_idx"), source, "it has attention layers (a hybrid)")
+    _require(config.get("rms_norm", True), source, "rms_norm=false (LayerNorm)")
+    _require(config.get("tie_embeddings", True), source, "tie_embeddings=false")
+    shape, chunk = {**MAMBA_SSM_DEFAULTS[mixer]}, None
+    for key, value in ssm.items():
+        if key in shape:
+            shape[key] = value
+        elif key in COMPUTE:
+            auto = value in ("auto", math.ceil(config["d_model"] / 16))
+            same = auto if key == "dt_rank" else _same(value, COMPUTE[key])
+            _require(same, source, f"ssm_cfg.{key}={value!r}")
+        elif key == "chunk_size":
+            chunk = value
+        else:
+            _require(key in INIT_ONLY, source, f"ssm_cfg.{key} is unknown")
+    multiple = config.get("pad_vocab_size_multiple", 8)
+    fixed = {
+        "mixer": mixer,
+        "d_model": config["d_model"],
+        "n_layer": config["n_layer"],
+        "d_intermediate": config.get("d_intermediate", 0),
+        "residual_in_fp32": config.get("residual_in_fp32", True),
+        "norm_epsilon": 1e-5,  # MambaLMHeadModel always builds its norms with 1e-5
+        "pad_vocab_size_multiple": multiple,
+        **shape,
+    }
+    vocab = config["vocab_size"]
+    return fixed, vocab, math.ceil(vocab / multiple) * multiple, chunk
+
+
+def _from_hf(config: dict, source: str) -> tuple[dict, int, int, int | None]:
+    kind = config["model_type"]
+    _require(kind in HF_DEFAULTS, source, f"model_type={kind!r} is not mamba or mamba2")
+    get = lambda key: config.get(key, HF_DEFAULTS[kind].get(key))  # noqa: E731
+    d_model = config["hidden_size"]
+    _require(config.get("hidden_act", "silu") == "silu", source, "hidden_act is not silu")
+    _require(not config.get("use_bias", False), source, "use_bias=true")
+    _require(config.get("use_conv_bias", True), source, "use_conv_bias=false")
+    fixed = {
+        "d_model": d_model,
+        "n_layer": config["num_hidden_layers"],
+        "d_intermediate": 0,
+        "d_state": get("state_size"),
+        "d_conv": get("conv_kernel"),
+        "expand": get("expand"),
+        "residual_in_fp32": config.get("residual_in_fp32", True),
+        "norm_epsilon": config.get("layer_norm_epsilon", 1e-5),
+    }
+    chunk = None
+    if kind == "mamba":
+        rank = config.get("time_step_rank", "auto")
+        _require(rank in ("auto", math.ceil(d_model / 16)), source, f"time_step_rank={rank}")
+        fixed["mixer"] = "Mamba1"
+    else:
+        heads, headdim = config.get("num_heads"), get("head_dim")
+        _require(
+            heads in (None, fixed["expand"] * d_model // headdim)
+            and fixed["expand"] * d_model % headdim == 0,
+            source,
+            f"num_heads={heads} x head_dim={headdim} is not expand x hidden_size",
+        )
+        # mamba-ssm (and so our twin) normalises the gated output with 1e-5, HF with this
+        _require(fixed["norm_epsilon"] == 1e-5, source, "layer_norm_epsilon is not 1e-5")
+        limit = config.get("time_step_limit", COMPUTE["dt_limit"])
+        _require(_same(limit, COMPUTE["dt_limit"]), source, f"time_step_limit={limit}")
+        fixed.update(mixer="Mamba2", headdim=headdim, ngroups=get("n_groups"))
+        chunk = config.get("chunk_size")
+    return fixed, config["vocab_size"], config["vocab_size"], chunk
+
+
+def _same(value, default) -> bool:
+    if isinstance(default, tuple):
+        return value is not None and tuple(map(_float, value)) == default
+    return value == default
+
+
+def _float(value):
+    """transformers 5 writes infinity into config.json as {"__float__": "Infinity"}."""
+    return float(value["__float__"]) if isinstance(value, dict) else value
+
+
+def save(module, directory: str | Path, format: str = "mamba_ssm") -> Path:
+    """Write `module`'s LM as a checkpoint folder in mamba-ssm's or HF's format.
+
+    mamba_ssm: loads with `MambaLMHeadModel.from_pretrained(dir)` (the embedding keeps its
+    padded rows, as mamba-ssm builds it). hf: loads with `MambaForCausalLM` or
+    `Mamba2ForCausalLM.from_pretrained(dir)`; the embedding is cut to the true vocabulary, so
+    HF's logits cover real tokens only. Everything is checked before anything is written.
+    """
+    hp = module.hparams
+    config: BackboneConfig = hp.backbone
+    if hp.task != "language_model":
+        raise ValueError("save_pretrained needs a task=language_model model; this is a classifier")
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is unknown; use mamba_ssm or hf")
+    if format == "hf" and config.d_intermediate:
+        raise ValueError(
+            f"backbone.d_intermediate={config.d_intermediate}: HF's Mamba models have no MLP "
+            "after the mixer; export this model with format=mamba_ssm"
+        )
+    if format == "mamba_ssm" and config.norm_epsilon != 1e-5:
+        raise ValueError(
+            f"backbone.norm_epsilon={config.norm_epsilon}: mamba-ssm's config cannot express it "
+            "(its norms always use 1e-5); export this model with format=hf"
+        )
+    out = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.backbone.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    if format == "mamba_ssm":
+        weights = {f"backbone.{k}": v for k, v in state.items()}
+        weights["lm_head.weight"] = weights["backbone.embedding.weight"]  # tied: stored once
+        torch.save(weights, out / "pytorch_model.bin")
+        description = _mamba_ssm_config(config, hp.vocab_size)
+    else:
+        from safetensors.torch import save_file
+
+        embedding = state.pop("embedding.weight")[: hp.vocab_size].clone()
+        weights = {"backbone.embeddings.weight": embedding}
+        weights.update({f"backbone.{k}": v for k, v in state.items()})
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+        description = _hf_config(config, hp.vocab_size)
+    (out / "config.json").write_text(json.dumps(description, indent=2) + "\n")
+    return out
+
+
+def _mamba_ssm_config(config: BackboneConfig, vocab_size: int) -> dict:
+    ssm_cfg = config.ssm_cfg()
+    return {
+        "d_model": config.d_model,
+        "d_intermediate": config.d_intermediate,
+        "n_layer": config.n_layer,
+        "vocab_size": vocab_size,
+        "ssm_cfg": ssm_cfg,
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": config.residual_in_fp32,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": config.pad_vocab_size_multiple,
+        "tie_embeddings": True,
+    }
+
+
+def _hf_config(config: BackboneConfig, vocab_size: int) -> dict:
+    common = {
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layer,
+        "vocab_size": vocab_size,
+        "state_size": config.d_state,
+        "conv_kernel": config.d_conv,
+        "expand": config.expand,
+        "layer_norm_epsilon": config.norm_epsilon,
+        "residual_in_fp32": config.residual_in_fp32,
+        "use_bias": False,
+        "use_conv_bias": True,
+        "hidden_act": "silu",
+        "time_step_rank": math.ceil(config.d_model / 16),
+        "tie_word_embeddings": True,
+    }
+    if config.mixer == "Mamba1":
+        return {
+            "architectures": ["MambaForCausalLM"],
+            "model_type": "mamba",
+            **common,
+            "intermediate_size": config.expand * config.d_model,
+        }
+    return {
+        "architectures": ["Mamba2ForCausalLM"],
+        "model_type": "mamba2",
+        **common,
+        "num_heads": config.expand * config.d_model // config.headdim,
+        "head_dim": config.headdim,
+        "n_groups": config.ngroups,
+        "chunk_size": config.chunk_size,
+    }
