@@ -38,6 +38,7 @@ COMMON_FILES = {
     "src/{pkg}/__main__.py",
     "src/{pkg}/backbone.py",
     "src/{pkg}/cli.py",
+    "src/{pkg}/commands.py",
     "src/{pkg}/curriculum.py",
     "src/{pkg}/graphs.py",
     "src/{pkg}/data/__init__.py",
