@@ -237,7 +237,7 @@ class MambaCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_fit(self):
-        self.model.use_cuda_graphs(self.trainer)  # model.cuda_graphs=on where it cannot work
+        self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
         resumed = self.resume_from or self._given_checkpoint()
         if resumed is not None and (problem := other_model(resumed, self.model)):
             raise ValueError(

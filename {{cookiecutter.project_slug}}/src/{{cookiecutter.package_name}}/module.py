@@ -207,9 +207,9 @@ class MambaModule(L.LightningModule):
             if self.use_cuda_graphs(self.trainer):
                 self._train_loss_fn = GraphedLoss(self, self._train_loss)
 
-    def use_cuda_graphs(self, trainer: L.Trainer) -> bool:
+    def use_cuda_graphs(self, trainer: L.Trainer, announce: bool = True) -> bool:
         """model.cuda_graphs resolved for this trainer; raises ValueError for `on` where it
-        cannot work (the CLI calls this before anything is written)."""
+        cannot work (the CLI calls this before anything is written, with announce=False)."""
         replay, reason = decide(
             self.hparams.cuda_graphs,
             device_type=trainer.strategy.root_device.type,
@@ -218,7 +218,7 @@ class MambaModule(L.LightningModule):
             precision=str(trainer.precision),
             impl=self.backbone.impl,
         )
-        if self.hparams.cuda_graphs != "off":
+        if announce and self.hparams.cuda_graphs != "off":
             rank_zero_info(f"cuda_graphs {'on' if replay else 'off'}: {reason}")
         return replay
 
