@@ -55,6 +55,10 @@ EXPECTED_PINS = {
     "tensorboard": "2.21.0",
     "jsonargparse[signatures]": "4.53.0",
     "torchdata": "0.11.0",
+    "huggingface_hub": "2.4.0",
+    "tokenizers": "0.23.3",
+    "safetensors": "0.8.0",
+    "transformers": "5.24.0",
 }
 EXPECTED_ORDER = [
     "torch",
