@@ -23,16 +23,12 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def logged_step_times(log_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
-    """(step, wall time) of every event of `tag` in the run's TensorBoard files."""
+    """(step, wall time) of every event of `tag` in the run's TensorBoard folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    points = []
-    for events in sorted(log_dir.rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(e.step, e.wall_time) for e in acc.Scalars(tag)]
-    return sorted(points)
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return [(e.step, e.wall_time) for e in events.Scalars(tag)]
 
 
 def seconds_per_step(points, first: int, last: int) -> float:

@@ -336,7 +336,8 @@ class MambaModule(L.LightningModule):
     @classmethod
     def load_for_device(cls, checkpoint_path: str, impl: str = "auto", **kwargs):
         """Load a checkpoint with another backbone implementation (e.g. fused -> reference)."""
-        hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        # mmap: only the hyperparameters are read here; load_from_checkpoint reads the weights
+        hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
         saved = hparams["hyper_parameters"]["backbone"]  # the CLI's checkpoints: a dict
         config = {**saved, "impl": impl} if isinstance(saved, dict) else replace(saved, impl=impl)
         return cls.load_from_checkpoint(checkpoint_path, backbone=config, **kwargs)
