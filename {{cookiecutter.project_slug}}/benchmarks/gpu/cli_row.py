@@ -22,13 +22,18 @@ from .common import MIXER_STATE, PACKAGE, SIZE, guarded, mamba_ssm_lm, raw_loop,
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def logged_step_times(log_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
-    """(step, wall time) of every event of `tag` in the run's TensorBoard folder."""
+def logged_step_times(log_dir: Path, tag: str = "train/loss", values=False, with_time=False):
+    """(step, wall time) of every event of `tag` in the run's TensorBoard folder; with
+    `values`, (step, value), or (step, wall time, value) with `with_time` too."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()
-    return [(e.step, e.wall_time) for e in events.Scalars(tag)]
+    if not values:
+        return [(e.step, e.wall_time) for e in events.Scalars(tag)]
+    if with_time:
+        return [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)]
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def seconds_per_step(points, first: int, last: int) -> float:
