@@ -71,6 +71,7 @@ COMMON_FILES = {
     "tests/test_scan.py",
     "tests/test_training.py",
     "tests/test_resume.py",
+    "tests/test_extrapolate.py",
     "benchmarks/scan_speed.py",
     "benchmarks/demo_time.py",
     "benchmarks/gpu_check.py",
@@ -89,10 +90,13 @@ COMMON_FILES = {
 }
 TASK_FILES = {
     "language_model": {
+        "benchmarks/induction_heads.py",
         "benchmarks/results/copying_gpu.json",
+        "benchmarks/results/induction_heads_gpu.json",
         "configs/copying_paper.yaml",
         "configs/finetune.yaml",
         "configs/induction_heads.yaml",
+        "configs/induction_heads_paper.yaml",
         "configs/text.yaml",
         "tests/test_pretrained.py",
     },

@@ -400,6 +400,25 @@ def gpu_check(sections: str = "kernels,parity,throughput,profile") -> str:
     return out.read_text(encoding="utf-8")
 
 
+def extrapolate_command(run_id: str, lengths: str, checkpoint: str) -> list[str]:
+    """`python -m <pkg> extrapolate` on one checkpoint of a run in the runs Volume."""
+    ckpt = MOUNTS.runs / run_id / "checkpoints" / f"{checkpoint}.ckpt"
+    command = [sys.executable, "-m", PACKAGE, "extrapolate"]
+    return [*command, f"--ckpt_path={ckpt}", f"--lengths={lengths}"]
+
+
+@app.function(gpu=GPUS, timeout=3600, volumes={str(MOUNTS.runs): runs_volume})
+def extrapolate(run_id: str, lengths: str = "2^6..2^20", checkpoint: str = "last") -> None:
+    """A run's checkpoint evaluated at other sequence lengths, with the fused kernels.
+
+    Run it with `modal run modal_app.py::extrapolate --run-id <id> --lengths 2^6..2^20`.
+    """
+    command = extrapolate_command(run_id, lengths, checkpoint)
+    code = subprocess.run(command, cwd=HERE, env=package_env()).returncode
+    if code != 0:
+        raise SystemExit(code)  # the command printed its one-line reason
+
+
 # --- Data and TensorBoard --------------------------------------------------------------------
 
 

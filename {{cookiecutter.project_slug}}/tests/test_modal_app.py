@@ -847,3 +847,24 @@ def test_only_node_zero_commits_and_every_node_is_told_the_cluster_size(monkeypa
     }
     assert all(o == ["--a=1", "--trainer.num_nodes=3"] for o, _, _ in seen.values())
     assert {env["MASTER_ADDR"] for _, _, env in seen.values()} == {"fdaa::a"}
+
+
+def test_extrapolate_evaluates_a_run_of_the_runs_volume_at_other_lengths(
+    tmp_path, monkeypatch, capfd
+):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    data = [f"--data={PACKAGE}.data.InductionHeads", "--data.seq_len=32"]
+    data += ["--data.num_train_samples=16", "--data.num_val_samples=8"]
+    main(["fit", *data, *TINY, f"--run.root={tmp_path}", "--run.id=ih"])
+    monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(runs=tmp_path))
+    command = modal_app.extrapolate_command("ih", "32,64", "last")
+    assert command[-2] == f"--ckpt_path={tmp_path / 'ih' / 'checkpoints' / 'last.ckpt'}"
+    modal_app.extrapolate.local("ih", "32,64")
+    printed = capfd.readouterr().out
+    assert "InductionHeads at 2 lengths" in printed and "       64 |" in printed
+    with pytest.raises(SystemExit) as stop:
+        modal_app.extrapolate.local("no-such-run", "32")
+    assert stop.value.code == 2 and "no such file" in capfd.readouterr().err
+    gpus = [gpu for gpu, _ in modal_app.extrapolate.info().gpus]
+    assert gpus == [g.upper() for g in modal_app.GPUS]

@@ -43,6 +43,8 @@ def copying_curve(log_dir: Path, started: float) -> list[dict]:
 
 def section_copying(seconds: float, cuda_graphs: str = "auto") -> dict:
     """Run configs/copying_paper.yaml for `seconds`; the first time it is at 99% at its length."""
+    if not (PROJECT / "configs" / "copying_paper.yaml").is_file():
+        raise SystemExit("the copying section needs configs/copying_paper.yaml (language models)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "runs"
         limit = time.strftime("%H:%M:%S", time.gmtime(seconds))
@@ -80,6 +82,8 @@ def section_copying(seconds: float, cuda_graphs: str = "auto") -> dict:
     if seconds >= 120:  # a full run replaces the committed curve; a short trial only prints
         RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     for p in curve:
-        print(f"  {p['seconds_since_start']:7.1f} s  step {p['step']:6d}  "
-              f"length {p['seq_len']:5d}  val acc {p['val_acc']:.4f}")
+        print(
+            f"  {p['seconds_since_start']:7.1f} s  step {p['step']:6d}  "
+            f"length {p['seq_len']:5d}  val acc {p['val_acc']:.4f}"
+        )
     return {k: v for k, v in result.items() if k != "curve"}

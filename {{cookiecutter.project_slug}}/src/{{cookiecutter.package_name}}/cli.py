@@ -320,7 +320,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
     """
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in COMMANDS:  # generate, export: ours, no Trainer involved
+        if argv and argv[0] in COMMANDS:  # generate, export, extrapolate: no Trainer involved
             COMMANDS[argv[0]](argv[1:])
             return None
         cli = MambaCLI(

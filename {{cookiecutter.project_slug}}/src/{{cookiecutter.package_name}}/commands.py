@@ -1,14 +1,19 @@
-"""The commands beside Lightning's: `generate` (prompts in, text out) and `export`.
+"""The commands beside Lightning's: `generate` (prompts in, text out), `export`, `extrapolate`.
 
     python -m {{ cookiecutter.package_name }} generate --ckpt_path runs/<id>/checkpoints/last.ckpt --prompt "Once"
     python -m {{ cookiecutter.package_name }} export --ckpt_path <ckpt> --format hf --out exported/
+    python -m {{ cookiecutter.package_name }} extrapolate --ckpt_path <ckpt> --lengths 2^6..2^20
 
 They load a model and use it; no Trainer is involved. cli.main runs them and turns a bad input
 into one line and exit 2, as for fit.
 """
 
 import argparse
+import datetime
+import importlib
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +23,9 @@ from .module import MambaModule
 
 
 class CommandParser(argparse.ArgumentParser):
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)  # --sample is not --samples
+
     def error(self, message: str):
         """One line, exit 2, like every other bad input (argparse would add its usage)."""
         print(f"error: {self.prog.split()[-1]}: {message}; see --help", file=sys.stderr)
@@ -117,10 +125,156 @@ def generate(argv: list[str]) -> None:
         print(("\n" if i else "") + tokenizer.decode(out[0].tolist()), flush=True)
 
 
+def parse_lengths(text: str) -> list[int]:
+    """`64,256,4096` or `2^6..2^20` (every power of two in between), or both, comma-separated."""
+    lengths = []
+    for part in text.split(","):
+        try:
+            if ".." in part:
+                low, high = (int(side.strip().removeprefix("2^")) for side in part.split(".."))
+                lengths += [2**k for k in range(low, high + 1)]
+            else:
+                base, _, power = part.strip().partition("^")
+                lengths.append(int(base) ** int(power) if power else int(base))
+        except ValueError:
+            raise ValueError(
+                f"--lengths={text}: {part!r} is not a length; give integers or powers of two, "
+                "e.g. 64,256,4096 or 2^6..2^20"
+            ) from None
+    if not lengths or min(lengths) < 3:
+        raise ValueError(f"--lengths={text} must name lengths of at least 3")
+    return sorted(set(lengths))
+
+
+def _task_of(checkpoint: dict):
+    """The generated data module a checkpoint was trained on, and its arguments.
+
+    LightningCLI stores the data module's class path beside its arguments."""
+    from .data import GeneratedDataModule
+
+    saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    path = saved.pop("_class_path", None)
+    saved.pop("_instantiator", None)
+    cls = None
+    if path is not None:
+        module, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, GeneratedDataModule) and "seq_len" in saved):
+        raise ValueError(
+            f"--ckpt_path was trained on {path or 'data that is not recorded'}, not a generated "
+            "task with a seq_len; extrapolate evaluates InductionHeads, SelectiveCopying and "
+            "SyntheticSeries checkpoints written by fit"
+        )
+    return cls, saved
+
+
+@torch.no_grad()
+def _accuracy(model: MambaModule, inputs, targets) -> tuple[int, int]:
+    """(correct, scored): LM positions with a target, or one label per classified series."""
+    if model.hparams.task != "language_model":
+        return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
+    hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
+    scored = targets != -100
+    logits = hidden[scored] @ model.backbone.embedding.weight[: model.hparams.vocab_size].T
+    return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
+
+
+def extrapolate(argv: list[str]) -> None:
+    """Accuracy of a checkpoint at sequence lengths it was not trained at (generated tasks).
+
+    The samples are the validation split of the checkpoint's own task at each length. On a GPU
+    the fused kernels run every length; on a CPU each length's time is projected from the one
+    before, and lengths projected over --max_cpu_minutes are skipped with the cost printed.
+    """
+    parser = CommandParser(prog=f"python -m {__package__} extrapolate")
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by fit")
+    parser.add_argument("--lengths", required=True, help="e.g. 64,256,4096 or 2^6..2^20")
+    parser.add_argument("--samples", type=int, default=256, help="validation samples per length")
+    parser.add_argument(
+        "--tokens_per_batch", type=int, help="batch size x length; default 2^22 GPU, 2^15 CPU"
+    )
+    parser.add_argument("--max_cpu_minutes", type=float, default=10.0)
+    parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
+    parser.add_argument("--out", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    lengths = parse_lengths(args.lengths)
+    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out={args.out}: its folder does not exist; create it first")
+    if args.samples < 1 or (args.tokens_per_batch or 1) < 1 or args.max_cpu_minutes <= 0:
+        raise ValueError(
+            f"--samples={args.samples}, --tokens_per_batch={args.tokens_per_batch} and "
+            f"--max_cpu_minutes={args.max_cpu_minutes} must be positive"
+        )
+    model = _load_checkpoint(args.ckpt_path, args.impl)
+    saved = torch.load(args.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    task, data_args = _task_of(saved)
+    for length in lengths:  # a length the task cannot have is refused before any work
+        task(**{**data_args, "seq_len": length})
+    gpu = model.backbone.impl == "fused"
+    config = model.backbone.config
+    # mamba-ssm's Triton SSD kernels launch one block row per (sample, chunk): at most 65535
+    max_tokens = 65535 * config.chunk_size if gpu and config.mixer == "Mamba2" else None
+    if max_tokens is not None and lengths[-1] > max_tokens:
+        raise ValueError(
+            f"--lengths: {lengths[-1]} is more than the 65535 chunks of {config.chunk_size} that "
+            f"mamba-ssm's Mamba2 kernels take in one call; use lengths up to {max_tokens}"
+        )
+    device = torch.device("cuda" if gpu else "cpu")
+    model.to(device).eval()
+    budget = args.tokens_per_batch or (2**22 if gpu else 2**15)
+    name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{task.__name__} at {len(lengths)} lengths, {args.samples} samples each, on {name}")
+    print(f"{'length':>9s} | {'accuracy':>8s} | {'seconds':>8s}")
+    results, seconds, skipped, rate = {}, {}, {}, None
+    for length in lengths:
+        tokens = args.samples * length
+        if not gpu and rate is not None and tokens / rate > args.max_cpu_minutes * 60:
+            minutes = tokens / rate / 60
+            skipped[str(length)] = round(minutes, 1)
+            print(
+                f"{length:9d} | not run: about {minutes:.1f} min on this CPU at "
+                f"{rate / 1e3:.0f}k tokens/s (--max_cpu_minutes={args.max_cpu_minutes:g}); "
+                "run it on a GPU"
+            )
+            continue
+        data = task(**{**data_args, "seq_len": length, "num_val_samples": args.samples})
+        dataset = data.dataset("val")
+        per_batch = max(1, min(budget, max_tokens or budget) // length)
+        start, correct, scored = time.perf_counter(), 0, 0
+        for first in range(0, args.samples, per_batch):
+            batch = [dataset[i] for i in range(first, min(first + per_batch, args.samples))]
+            inputs, targets = (torch.stack(t).to(device) for t in zip(*batch, strict=True))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu):
+                hits, n = _accuracy(model, inputs, targets)
+            correct, scored = correct + hits, scored + n
+        if gpu:
+            torch.cuda.synchronize()
+        took = time.perf_counter() - start
+        rate = tokens / took
+        results[str(length)], seconds[str(length)] = correct / scored, round(took, 2)
+        print(f"{length:9d} | {correct / scored:8.4f} | {took:8.2f}", flush=True)
+    if args.out is not None:
+        report = {
+            "checkpoint": str(args.ckpt_path),
+            "task": task.__name__,
+            "device": name,
+            "date": datetime.date.today().isoformat(),
+            "samples_per_length": args.samples,
+            "lengths": results,
+            "seconds": seconds,
+            "skipped_projected_cpu_minutes": skipped,
+        }
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
 def _load_checkpoint(path: str, impl: str) -> MambaModule:
     if not Path(path).is_file():
         raise FileNotFoundError(f"--ckpt_path={path}: no such file; give a .ckpt written by fit")
     return MambaModule.load_for_device(path, impl=impl, map_location="cpu")
 
 
-COMMANDS = {"export": export, "generate": generate}
+COMMANDS = {"export": export, "extrapolate": extrapolate, "generate": generate}

@@ -1,0 +1,123 @@
+"""`extrapolate`: a checkpoint of a generated task evaluated at lengths it was not trained at."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.commands import parse_lengths
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+TINY = [
+    "--model.backbone.impl=reference",
+    "--model.backbone.d_model=16",
+    "--model.backbone.n_layer=1",
+    "--model.backbone.d_state=8",
+    "--model.backbone.headdim=8",
+    "--model.backbone.chunk_size=16",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+TASKS = {
+    "induction_heads": [
+        f"--data={PACKAGE}.data.InductionHeads",
+        "--data.seq_len=32",
+        "--data.num_symbols=4",
+    ],
+    "series": [
+        f"--data={PACKAGE}.data.SyntheticSeries",
+        "--data.seq_len=48",
+        "--data.num_classes=2",
+    ],
+}
+DATA = ["--data.batch_size=8", "--data.num_train_samples=64", "--data.num_val_samples=24"]
+
+
+def trained(tmp_path: Path, task: str) -> Path:
+    args = ["fit", *TINY, *TASKS[task], *DATA, "--trainer.max_steps=16", "--run.id=ih"]
+    main([*args, f"--run.root={tmp_path / 'runs'}"])
+    return tmp_path / "runs" / "ih" / "checkpoints" / "last.ckpt"
+
+
+def test_lengths_take_lists_powers_and_ranges_of_powers():
+    assert parse_lengths("2^6..2^8,100") == [64, 100, 128, 256]
+    assert parse_lengths("300, 2^4") == [16, 300]
+
+
+@pytest.mark.parametrize("task", ["induction_heads", "series"])
+def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tmp_path, capsys):
+    ckpt = trained(tmp_path, task)
+    trained_at = int(TASKS[task][1].split("=")[1])
+    validate = main(
+        ["validate", *TINY, *TASKS[task], *DATA, f"--ckpt_path={ckpt}", "--run.id=ih"]
+        + [f"--run.root={tmp_path / 'runs'}"]
+    )
+    val_acc = float(validate.trainer.callback_metrics["val/acc"])
+    out = tmp_path / "lengths.json"
+    lengths = f"{trained_at},{2 * trained_at},{4 * trained_at}"
+    main(
+        ["extrapolate", f"--ckpt_path={ckpt}", f"--lengths={lengths}", "--samples=24"]
+        + [f"--out={out}"]
+    )
+    report = json.loads(out.read_text())
+    assert report["task"] == TASKS[task][0].rsplit(".", 1)[1]
+    assert report["lengths"][str(trained_at)] == pytest.approx(val_acc, abs=1e-6)
+    assert set(report["lengths"]) == {str(trained_at), str(2 * trained_at), str(4 * trained_at)}
+    assert all(0 <= acc <= 1 for acc in report["lengths"].values())
+    assert f"{4 * trained_at:9d} |" in capsys.readouterr().out
+
+
+def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(tmp_path, capsys):
+    ckpt = trained(tmp_path, "induction_heads")
+    out = tmp_path / "lengths.json"
+    main(
+        ["extrapolate", f"--ckpt_path={ckpt}", "--lengths=32,2^20", "--samples=8", f"--out={out}"]
+        + ["--max_cpu_minutes=0.5"]
+    )
+    report = json.loads(out.read_text())
+    assert list(report["lengths"]) == ["32"]
+    minutes = report["skipped_projected_cpu_minutes"]["1048576"]
+    assert minutes > 0.5  # 2^20 x 8 tokens at the measured rate of length 32
+    printed = capsys.readouterr().out
+    assert "1048576 | not run: about" in printed and "run it on a GPU" in printed
+
+
+BAD = {
+    "not_a_length": (["--lengths=64,abc"], "'abc' is not a length"),
+    "too_short": (["--lengths=2,64"], "must name lengths of at least 3"),
+    "no_samples": (["--lengths=64", "--samples=0"], "--samples=0"),
+    "out_folder_missing": (["--lengths=64", "--out=nowhere/x.json"], "its folder does not exist"),
+    "unknown_option": (["--lengths=64", "--sample=3"], "unrecognized arguments: --sample=3"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_arguments_stop_with_one_line_and_write_nothing(case, tmp_path, capsys, monkeypatch):
+    ckpt = trained(tmp_path, "induction_heads")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    args, message = BAD[case]
+    with pytest.raises(SystemExit) as stop:
+        main(["extrapolate", f"--ckpt_path={ckpt}", *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_checkpoint_of_another_kind_of_data_or_none_is_refused_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(SystemExit):
+        main(["extrapolate", f"--ckpt_path={missing}", "--lengths=64"])
+    assert "no such file" in capsys.readouterr().err
+    ckpt = trained(tmp_path, "induction_heads")
+    import torch
+
+    saved = torch.load(ckpt, weights_only=False)
+    saved["datamodule_hyper_parameters"]["_class_path"] = f"{PACKAGE}.data.TextFile"
+    torch.save(saved, tmp_path / "text.ckpt")
+    with pytest.raises(SystemExit):
+        main(["extrapolate", f"--ckpt_path={tmp_path / 'text.ckpt'}", "--lengths=64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a generated task with a seq_len" in err[0], err
