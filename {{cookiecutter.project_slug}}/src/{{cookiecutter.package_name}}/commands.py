@@ -189,14 +189,18 @@ def extrapolate(argv: list[str]) -> None:
     the fused kernels run every length; on a CPU each length's time is projected from the one
     before, and lengths projected over --max_cpu_minutes are skipped with the cost printed.
     """
-    parser = CommandParser(prog=f"python -m {__package__} extrapolate")
+    parser = CommandParser(
+        prog=f"python -m {__package__} extrapolate", description=extrapolate.__doc__.split("\n")[0]
+    )
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by fit")
     parser.add_argument("--lengths", required=True, help="e.g. 64,256,4096 or 2^6..2^20")
     parser.add_argument("--samples", type=int, default=256, help="validation samples per length")
     parser.add_argument(
         "--tokens_per_batch", type=int, help="batch size x length; default 2^22 GPU, 2^15 CPU"
     )
-    parser.add_argument("--max_cpu_minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--max_cpu_minutes", type=float, default=10.0, help="on a CPU: skip longer lengths"
+    )
     parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
     parser.add_argument("--out", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
