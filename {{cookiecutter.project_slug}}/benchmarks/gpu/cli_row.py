@@ -22,22 +22,17 @@ from .common import MIXER_STATE, PACKAGE, SIZE, guarded, mamba_ssm_lm, raw_loop,
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-def logged_step_times(log_dir: Path, tag: str = "train/loss", values=False, with_time=False):
-    """(step, wall time) of every event of `tag` in the run's TensorBoard folder; with
-    `values`, (step, value), or (step, wall time, value) with `with_time` too."""
+def scalars(log_dir: Path, *tags: str) -> dict[str, list[tuple[int, float, float]]]:
+    """(step, wall time, value) of every event of each tag, from one read of the run's folder."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()
-    if not values:
-        return [(e.step, e.wall_time) for e in events.Scalars(tag)]
-    if with_time:
-        return [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)]
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    return {tag: [(e.step, e.wall_time, e.value) for e in events.Scalars(tag)] for tag in tags}
 
 
 def seconds_per_step(points, first: int, last: int) -> float:
-    inside = [(s, t) for s, t in points if first <= s <= last]
+    inside = [(s, t) for s, t, _ in points if first <= s <= last]
     (s0, t0), (s1, t1) = inside[0], inside[-1]
     return (t1 - t0) / (s1 - s0)
 
@@ -75,7 +70,7 @@ def cli_fit(mixer: str, steps: int = 170, cuda_graphs: str = "auto") -> dict:
             "--trainer.log_every_n_steps=10",
             "--trainer.enable_progress_bar=false",
         ]
-        points = logged_step_times(run_fit(args, Path(tmp) / "runs"))
+        points = scalars(run_fit(args, Path(tmp) / "runs"), "train/loss")["train/loss"]
     ms = seconds_per_step(points, 40, 160) * 1e3
     return {"step_ms": ms, "ktok_s": batch * length / ms, "logged_steps": len(points)}
 
@@ -89,7 +84,7 @@ def small_config(steps: int = 900, cuda_graphs: str = "auto") -> dict:
             f"--trainer.max_steps={steps}",
             "--trainer.limit_val_batches=0",
         ]
-        points = logged_step_times(run_fit(args, Path(tmp) / "runs"))
+        points = scalars(run_fit(args, Path(tmp) / "runs"), "train/loss")["train/loss"]
     return {"it_s": 1 / seconds_per_step(points, 200, steps - 100)}
 
 

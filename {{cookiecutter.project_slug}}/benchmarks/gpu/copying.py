@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .cli_row import PROJECT, logged_step_times
+from .cli_row import PROJECT, scalars
 from .common import PACKAGE
 
 RESULTS = PROJECT / "benchmarks" / "results" / "copying_gpu.json"
@@ -24,10 +24,11 @@ RESULTS = PROJECT / "benchmarks" / "results" / "copying_gpu.json"
 
 def copying_curve(log_dir: Path, started: float) -> list[dict]:
     """One point per validation: step, seconds since the command started, length, accuracy."""
-    lengths = dict(logged_step_times(log_dir, "curriculum/seq_len", values=True))
-    first_step = min(t for _, t in logged_step_times(log_dir, "train/loss"))
+    logged = scalars(log_dir, "curriculum/seq_len", "train/loss", "val/acc")
+    lengths = {step: value for step, _, value in logged["curriculum/seq_len"]}
+    first_step = min(t for _, t, _ in logged["train/loss"])
     curve = []
-    for step, wall, acc in logged_step_times(log_dir, "val/acc", values=True, with_time=True):
+    for step, wall, acc in logged["val/acc"]:
         length = lengths.get(step, max([v for s, v in lengths.items() if s <= step], default=0))
         curve.append(
             {
