@@ -79,6 +79,7 @@ COMMON_FILES = {
     "benchmarks/gpu/cli_row.py",
     "benchmarks/gpu/common.py",
     "benchmarks/gpu/copying.py",
+    "benchmarks/gpu/loss.py",
     "benchmarks/gpu/parity.py",
     "benchmarks/gpu/profile.py",
     "benchmarks/gpu/throughput.py",

@@ -17,6 +17,8 @@ Sections, one module each in benchmarks/gpu/:
               the raw loop, timed from the command's own logs
   small       cli_row.py: configs/default.yaml's training steps per second
   profile     profile.py: ms per step by kernel group for (a) variants and (b)
+  loss        loss.py: the head and loss alone: ours, liger-kernel's fused linear cross-entropy
+              (if installed) and plain float32 logits: ms, memory, agreement
   copying     copying.py: configs/copying_paper.yaml as a user runs it: time to 99% at 4096
               (writes benchmarks/results/copying_gpu.json)
 
@@ -35,6 +37,7 @@ import lightning as L
 import torch
 from gpu.cli_row import section_cli, section_small
 from gpu.copying import section_copying
+from gpu.loss import section_loss
 from gpu.parity import section_kernels, section_parity
 from gpu.profile import section_profile
 from gpu.throughput import section_throughput
@@ -79,6 +82,7 @@ def main() -> None:
         "small": section_small,
         "copying": lambda: section_copying(args.copying_seconds),
         "profile": section_profile,
+        "loss": section_loss,
     }
     for name in args.sections.split(","):
         result = sections[name]()
