@@ -144,6 +144,34 @@ def test_recurrent_steps_match_parallel_forward(mixer, with_mlp):
     torch.testing.assert_close(torch.cat(steps, 1), parallel, rtol=1e-4, atol=1e-5)
 
 
+def test_a_batch_over_one_kernel_call_runs_in_groups_with_the_same_result_and_gradients():
+    # On a GPU the fused Mamba2 kernels take at most 65535 (sample, chunk) pairs per call; here
+    # the twin pretends to take 5, so 21 tokens in chunks of 8 (3 chunks) go one sample a call.
+    # float64, so that only a wrong split could make a difference, not the order of additions.
+    whole, grouped = backbone("Mamba2", seed=3).double(), backbone("Mamba2", seed=3).double()
+    assert whole.max_rows is None and whole.samples_per_call(21) is None  # no limit on a CPU
+    grouped.max_rows = 5
+    assert grouped.samples_per_call(21) == 1 and grouped.samples_per_call(16) == 2
+    calls = []
+    grouped.layers[0].register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    ids = torch.randint(0, 10, (4, 21))
+    expected, got = whole(ids), grouped(ids)
+    assert calls == [1, 1, 1, 1]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(expected)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+    for (name, a), b in zip(whole.named_parameters(), grouped.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_a_sequence_longer_than_one_kernel_call_is_refused_with_the_limit():
+    model = backbone("Mamba2")
+    model.max_rows = 5  # chunks of 8: at most 40 tokens
+    with pytest.raises(ValueError, match="41 tokens is more than the 5 chunks of 8.*at most 40"):
+        model(torch.randint(0, 10, (1, 41)))
+
+
 def test_embeddings_input_without_vocab():
     model = backbone("Mamba2", vocab_size=None)
     assert model.embedding is None

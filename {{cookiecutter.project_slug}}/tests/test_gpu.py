@@ -124,3 +124,15 @@ def test_a_checkpoint_written_on_the_cpu_resumes_on_the_gpu_with_the_fused_kerne
     assert cli.trainer.global_step == 30  # continued from step 20, not from scratch
     state = cli.trainer.optimizers[0].state
     assert all(int(s["step"]) == 30 for s in state.values())
+
+
+@torch.no_grad()
+def test_a_batch_over_one_call_of_the_mamba2_kernels_runs_in_groups():
+    # 2 samples of 2^21 tokens in chunks of 64: 65536 (sample, chunk) pairs, one more than the
+    # Triton SSD kernels launch at once ("invalid argument" before the backbone split batches)
+    torch.manual_seed(0)
+    model = Backbone(config("Mamba2", "fused"), vocab_size=16).cuda()
+    ids = torch.randint(0, 16, (2, 64 * 32768), device="cuda")
+    assert model.samples_per_call(ids.shape[1]) == 1
+    both = model(ids)
+    torch.testing.assert_close(both[1:], model(ids[1:]), rtol=0, atol=0)

@@ -193,10 +193,16 @@ def _init_weights(module: nn.Module, n_layer: int, n_residuals_per_layer: int) -
                 p /= math.sqrt(n_residuals_per_layer * n_layer)
 
 
+# mamba-ssm's Triton SSD kernels (Mamba2) launch one block row per (sample, chunk) of a call,
+# and CUDA launches at most 65535 rows: more fails with "Triton Error [CUDA]: invalid argument".
+SSD_MAX_ROWS = 65535
+
+
 class Backbone(nn.Module):
     """mamba-ssm's MixerModel: the same parameter names, with fused or reference parts.
 
     vocab_size=None drops the token embedding: the input is then already (B, L, d_model).
+    A batch larger than one call of the fused Mamba2 kernels can take runs in groups of samples.
     """
 
     def __init__(
@@ -232,6 +238,23 @@ class Backbone(nn.Module):
         self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, **factory)
         n_res = 2 if config.d_intermediate else 1
         self.apply(partial(_init_weights, n_layer=config.n_layer, n_residuals_per_layer=n_res))
+        fused_ssd = self.impl == "fused" and config.mixer == "Mamba2"
+        self.max_rows = SSD_MAX_ROWS if fused_ssd else None  # (sample, chunk) pairs per call
+
+    def samples_per_call(self, length: int) -> int | None:
+        """How many samples of `length` tokens one kernel call takes; None: any number."""
+        if self.max_rows is None:
+            return None
+        chunk = self.config.chunk_size
+        per_call = self.max_rows // math.ceil(length / chunk)
+        if per_call < 1:
+            raise ValueError(
+                f"a sequence of {length} tokens is more than the {self.max_rows} chunks of "
+                f"{chunk} that mamba-ssm's Mamba2 kernels take in one call; use sequences of "
+                f"at most {self.max_rows * chunk} tokens, or train with a larger "
+                "model.backbone.chunk_size"
+            )
+        return per_call
 
     def allocate_inference_cache(self, batch_size: int, max_seqlen: int, dtype=None):
         return {
@@ -241,6 +264,10 @@ class Backbone(nn.Module):
 
     def forward(self, inputs: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
         """inputs: token ids (B, L) or embeddings (B, L, d_model) -> hidden (B, L, d_model)."""
+        per_call = self.samples_per_call(inputs.shape[1]) if inference_params is None else None
+        if per_call is not None and inputs.shape[0] > per_call:
+            # the samples do not interact: the same result, in groups the kernels can launch
+            return torch.cat([self(part) for part in inputs.split(per_call)])
         hidden = self.embedding(inputs) if self.embedding is not None else inputs
         residual = None
         for layer in self.layers:

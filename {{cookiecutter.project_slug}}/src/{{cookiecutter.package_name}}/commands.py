@@ -218,14 +218,10 @@ def extrapolate(argv: list[str]) -> None:
     for length in lengths:  # a length the task cannot have is refused before any work
         task(**{**data_args, "seq_len": length})
     gpu = model.backbone.impl == "fused"
-    config = model.backbone.config
-    # mamba-ssm's Triton SSD kernels launch one block row per (sample, chunk): at most 65535
-    max_tokens = 65535 * config.chunk_size if gpu and config.mixer == "Mamba2" else None
-    if max_tokens is not None and lengths[-1] > max_tokens:
-        raise ValueError(
-            f"--lengths: {lengths[-1]} is more than the 65535 chunks of {config.chunk_size} that "
-            f"mamba-ssm's Mamba2 kernels take in one call; use lengths up to {max_tokens}"
-        )
+    try:  # the longest length must fit one call of the kernels: the backbone splits batches
+        model.backbone.samples_per_call(lengths[-1])
+    except ValueError as err:
+        raise ValueError(f"--lengths: {err}") from None
     device = torch.device("cuda" if gpu else "cpu")
     model.to(device).eval()
     budget = args.tokens_per_batch or (2**22 if gpu else 2**15)
@@ -246,7 +242,7 @@ def extrapolate(argv: list[str]) -> None:
             continue
         data = task(**{**data_args, "seq_len": length, "num_val_samples": args.samples})
         dataset = data.dataset("val")
-        per_batch = max(1, min(budget, max_tokens or budget) // length)
+        per_batch = max(1, budget // length)
         start, correct, scored = time.perf_counter(), 0, 0
         for first in range(0, args.samples, per_batch):
             batch = [dataset[i] for i in range(first, min(first + per_batch, args.samples))]
