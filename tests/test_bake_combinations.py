@@ -72,6 +72,7 @@ COMMON_FILES = {
     "tests/test_training.py",
     "tests/test_resume.py",
     "tests/test_extrapolate.py",
+    "tests/tiny.py",
     "benchmarks/scan_speed.py",
     "benchmarks/demo_time.py",
     "benchmarks/gpu_check.py",

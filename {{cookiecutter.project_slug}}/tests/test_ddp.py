@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny import QUIET, TINY_BACKBONE
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -51,12 +52,7 @@ TIMEOUT_S = 180
 
 TINY = [
     "--seed_everything=0",
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=16",
+    *TINY_BACKBONE,
     "--model.kernels=off",
     # A constant learning rate: the schedule would otherwise depend on max_steps, and the
     # interrupted run (max_steps=STOP_AT, then MAX_STEPS) could not match the uninterrupted one.
@@ -66,8 +62,7 @@ TINY = [
     "--trainer.accelerator=cpu",
     "--trainer.limit_val_batches=0",
     "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
+    *QUIET,
 ]
 DATA = [
     f"--data={PACKAGE}.data.SelectiveCopying",

@@ -4,21 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import TINY
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands import parse_lengths
 
 PACKAGE = "{{ cookiecutter.package_name }}"
-TINY = [
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=16",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
 TASKS = {
     "induction_heads": [
         f"--data={PACKAGE}.data.InductionHeads",

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny import TINY
 
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.cli import main
@@ -16,16 +17,6 @@ from {{ cookiecutter.package_name }}.module import MambaModule, warmup_cosine
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
-TINY = [
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=16",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-]
 LM_DATA = [
     f"--data={PACKAGE}.data.SelectiveCopying",
     "--data.seq_len=24",

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .backbone import BackboneConfig
+from .data import IGNORE_INDEX, GeneratedDataModule
 from .module import MambaModule
 
 
@@ -150,8 +151,6 @@ def _task_of(checkpoint: dict):
     """The generated data module a checkpoint was trained on, and its arguments.
 
     LightningCLI stores the data module's class path beside its arguments."""
-    from .data import GeneratedDataModule
-
     saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     path = saved.pop("_class_path", None)
     saved.pop("_instantiator", None)
@@ -177,7 +176,7 @@ def _accuracy(model: MambaModule, inputs, targets) -> tuple[int, int]:
     if model.hparams.task != "language_model":
         return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
     hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
-    scored = targets != -100
+    scored = targets != IGNORE_INDEX
     logits = hidden[scored] @ model.backbone.embedding.weight[: model.hparams.vocab_size].T
     return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
 
