@@ -31,6 +31,12 @@ def trained(tmp_path: Path, task: str) -> Path:
     return tmp_path / "runs" / "ih" / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="module")
+def induction_ckpt(tmp_path_factory) -> Path:
+    """One trained InductionHeads checkpoint for the tests that only read it."""
+    return trained(tmp_path_factory.mktemp("trained"), "induction_heads")
+
+
 def test_lengths_take_lists_powers_and_ranges_of_powers():
     assert parse_lengths("2^6..2^8,100") == [64, 100, 128, 256]
     assert parse_lengths("300, 2^4") == [16, 300]
@@ -59,12 +65,13 @@ def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tm
     assert f"{4 * trained_at:9d} |" in capsys.readouterr().out
 
 
-def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(tmp_path, capsys):
-    ckpt = trained(tmp_path, "induction_heads")
+def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(
+    induction_ckpt, tmp_path, capsys
+):
     out = tmp_path / "lengths.json"
     main(
-        ["extrapolate", f"--ckpt_path={ckpt}", "--lengths=32,2^20", "--samples=8", f"--out={out}"]
-        + ["--max_cpu_minutes=0.5"]
+        ["extrapolate", f"--ckpt_path={induction_ckpt}", "--lengths=32,2^20", "--samples=8"]
+        + [f"--out={out}", "--max_cpu_minutes=0.5"]
     )
     report = json.loads(out.read_text())
     assert list(report["lengths"]) == ["32"]
@@ -84,28 +91,31 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_arguments_stop_with_one_line_and_write_nothing(case, tmp_path, capsys, monkeypatch):
-    ckpt = trained(tmp_path, "induction_heads")
+def test_bad_arguments_stop_with_one_line_and_write_nothing(
+    case, induction_ckpt, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
-    before = sorted(tmp_path.rglob("*"))
+    folders = (tmp_path, induction_ckpt.parents[1])  # where we are, and the run's folder
+    before = [sorted(folder.rglob("*")) for folder in folders]
     args, message = BAD[case]
     with pytest.raises(SystemExit) as stop:
-        main(["extrapolate", f"--ckpt_path={ckpt}", *args])
+        main(["extrapolate", f"--ckpt_path={induction_ckpt}", *args])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    assert sorted(tmp_path.rglob("*")) == before
+    assert [sorted(folder.rglob("*")) for folder in folders] == before
 
 
-def test_a_checkpoint_of_another_kind_of_data_or_none_is_refused_in_one_line(tmp_path, capsys):
+def test_a_checkpoint_of_another_kind_of_data_or_none_is_refused_in_one_line(
+    induction_ckpt, tmp_path, capsys
+):
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(SystemExit):
         main(["extrapolate", f"--ckpt_path={missing}", "--lengths=64"])
     assert "no such file" in capsys.readouterr().err
-    ckpt = trained(tmp_path, "induction_heads")
     import torch
 
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(induction_ckpt, weights_only=False)
     saved["datamodule_hyper_parameters"]["_class_path"] = f"{PACKAGE}.data.TextFile"
     torch.save(saved, tmp_path / "text.ckpt")
     with pytest.raises(SystemExit):
