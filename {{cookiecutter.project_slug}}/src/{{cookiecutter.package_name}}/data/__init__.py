@@ -3,6 +3,7 @@
     base.py        the shared plumbing: argument checks, the sampler, StatefulDataLoaders
     synthetic.py   SelectiveCopying, InductionHeads: language-model tasks generated on the fly
     text.py        TextFile: your own text, as bytes or through a tokenizer
+    hub.py         HubText: a text column of a HF `datasets` dataset (hub or local JSONL/parquet)
     series.py      SyntheticSeries: generated multichannel series to classify
     arrays.py      ArrayClassification: your own (N, L, C) arrays to classify
 
@@ -29,6 +30,7 @@ epoch, worker, restart and DDP rank sees the same data, and train and val never 
 
 from .arrays import ArrayClassification
 from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
+from .hub import HubText
 from .series import SyntheticSeries
 from .synthetic import InductionHeads, SelectiveCopying
 from .text import TextFile, TokenWindows
@@ -38,6 +40,7 @@ __all__ = [
     "ArrayClassification",
     "BaseDataModule",
     "GeneratedDataModule",
+    "HubText",
     "InductionHeads",
     "SeededDataset",
     "SelectiveCopying",
