@@ -137,7 +137,7 @@ image = (
 data_volume = modal.Volume.from_name(f"{APP_NAME}-data", create_if_missing=True)
 runs_volume = modal.Volume.from_name(f"{APP_NAME}-runs", create_if_missing=True)
 logs_volume = modal.Volume.from_name(f"{APP_NAME}-logs", create_if_missing=True)
-# Pretrained weights fetched by huggingface_hub (--model.init_from=<hub id>) land here once
+# Pretrained weights fetched by huggingface_hub (--model.net.init_from=<hub id>) land here once
 # and every later container reads them from the cache instead of downloading them again.
 hf_volume = modal.Volume.from_name(f"{APP_NAME}-hf-cache", create_if_missing=True)
 VOLUMES = {
@@ -474,12 +474,18 @@ def tensorboard_app(logdir: Path, volume=None, reload_interval: int = 15):
     """
     from tensorboard import program
     from tensorboard.backend import application
+    from tensorboard.backend.event_processing.data_ingester import LocalDataIngester
 
     board = program.TensorBoard()
     board.configure(logdir=str(logdir), reload_interval=reload_interval, load_fast="false")
-    data_provider, multiplexer = board._make_data_provider()
+    ingester = LocalDataIngester(board.flags)  # reads the event files in this process
+    ingester.start()  # and rereads them every reload_interval seconds
     wsgi = application.TensorBoardWSGIApp(
-        board.flags, board.plugin_loaders, data_provider, board.assets_zip_provider, multiplexer
+        board.flags,
+        board.plugin_loaders,
+        ingester.data_provider,
+        board.assets_zip_provider,
+        ingester.deprecated_multiplexer,
     )
     return wsgi if volume is None else ReloadingLogs(wsgi, volume)
 

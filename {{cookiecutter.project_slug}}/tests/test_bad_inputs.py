@@ -17,21 +17,17 @@ import pytest
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE
+
 from {{ cookiecutter.package_name }}.cli import float64_works, main
 
-PROJECT = Path(__file__).resolve().parents[1]
-PACKAGE = "{{ cookiecutter.package_name }}"
 DATA = f"--data={PACKAGE}.data"
 # A tiny selective-copying run on the CPU; each case changes one thing.
 FIT = [
     "fit",
     "--seed_everything=0",
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=8",
+    LANGUAGE_MODEL,
+    *TINY_BACKBONE,
     f"{DATA}.SelectiveCopying",
     "--data.seq_len=24",
     "--data.num_tokens=4",
@@ -48,40 +44,40 @@ FIT = [
 # --- arguments and configs: (extra arguments, piece of the message)
 ARGUMENTS = {
     "d_model_not_divisible_into_heads": (
-        ["--model.backbone.d_model=18"],
+        ["--model.net.backbone.d_model=18"],
         "expand * d_model = 36 is not divisible by headdim=8",
     ),
-    "heads_not_divisible_into_groups": (["--model.backbone.ngroups=3"], "ngroups=3"),
-    "d_model_zero": (["--model.backbone.d_model=0"], "backbone.d_model=0 must be"),
-    "d_state_zero": (["--model.backbone.d_state=0"], "backbone.d_state=0 must be"),
-    "d_state_negative": (["--model.backbone.d_state=-4"], "backbone.d_state=-4 must be"),
-    "d_conv_zero": (["--model.backbone.d_conv=0"], "backbone.d_conv=0 must be"),
-    "expand_zero": (["--model.backbone.expand=0"], "backbone.expand=0 must be"),
-    "headdim_zero": (["--model.backbone.headdim=0"], "backbone.headdim=0 must be"),
-    "chunk_size_zero": (["--model.backbone.chunk_size=0"], "backbone.chunk_size=0 must be"),
-    "n_layer_zero": (["--model.backbone.n_layer=0"], "backbone.n_layer=0 must be"),
-    "d_intermediate_negative": (["--model.backbone.d_intermediate=-1"], "d_intermediate=-1"),
+    "heads_not_divisible_into_groups": (["--model.net.backbone.ngroups=3"], "ngroups=3"),
+    "d_model_zero": (["--model.net.backbone.d_model=0"], "backbone.d_model=0 must be"),
+    "d_state_zero": (["--model.net.backbone.d_state=0"], "backbone.d_state=0 must be"),
+    "d_state_negative": (["--model.net.backbone.d_state=-4"], "backbone.d_state=-4 must be"),
+    "d_conv_zero": (["--model.net.backbone.d_conv=0"], "backbone.d_conv=0 must be"),
+    "expand_zero": (["--model.net.backbone.expand=0"], "backbone.expand=0 must be"),
+    "headdim_zero": (["--model.net.backbone.headdim=0"], "backbone.headdim=0 must be"),
+    "chunk_size_zero": (["--model.net.backbone.chunk_size=0"], "backbone.chunk_size=0 must be"),
+    "n_layer_zero": (["--model.net.backbone.n_layer=0"], "backbone.n_layer=0 must be"),
+    "d_intermediate_negative": (["--model.net.backbone.d_intermediate=-1"], "d_intermediate=-1"),
     "pad_vocab_multiple_zero": (
-        ["--model.backbone.pad_vocab_size_multiple=0"],
+        ["--model.net.backbone.pad_vocab_size_multiple=0"],
         "pad_vocab_size_multiple=0 must be",
     ),
-    "d_model_not_a_number": (["--model.backbone.d_model=abc"], "Got value: abc"),
-    "d_model_a_fraction": (["--model.backbone.d_model=1.5"], "Got value: 1.5"),
-    "unknown_impl": (["--model.backbone.impl=fast"], "Got value: fast"),
-    "unknown_mixer": (["--model.backbone.mixer=Mamba3"], "Got value: Mamba3"),
-    "unknown_backbone_key": (["--model.backbone.width=64"], "width"),
+    "d_model_not_a_number": (["--model.net.backbone.d_model=abc"], "Got value: abc"),
+    "d_model_a_fraction": (["--model.net.backbone.d_model=1.5"], "Got value: 1.5"),
+    "unknown_impl": (["--model.net.backbone.impl=fast"], "Got value: fast"),
+    "unknown_mixer": (["--model.net.backbone.mixer=Mamba3"], "Got value: Mamba3"),
+    "unknown_backbone_key": (["--model.net.backbone.width=64"], "width"),
     "negative_lr": (["--model.lr=-0.1"], "model.lr=-0.1 must be > 0"),
     "zero_lr": (["--model.lr=0"], "model.lr=0.0 must be > 0"),
     "lr_not_a_number": (["--model.lr=fast"], "Got value: fast"),
     "negative_weight_decay": (["--model.weight_decay=-1"], "weight_decay=-1.0 must be >= 0"),
     "negative_warmup": (["--model.warmup_steps=-5"], "warmup_steps=-5 must be >= 0"),
     "min_lr_ratio_above_one": (["--model.min_lr_ratio=2"], "min_lr_ratio=2.0 must be in [0, 1]"),
-    "unknown_pooling": (["--model.pooling=max"], "Got value: max"),
+    "unknown_pooling": (["--model.net.pooling=max"], "Got value: max"),
     "unknown_kernel_policy": (["--model.kernels=sometimes"], "Got value: sometimes"),
-    "task_set_on_the_model": (["--model.task=regression"], "data.task --> model.task"),
-    "run_id_with_a_path": (["--run.id=../other"], "run.id='../other' may hold only"),
-    "run_id_with_a_space": (["--run.id=my run"], "run.id='my run' may hold only"),
-    "run_id_starting_with_a_dot": (["--run.id=.hidden"], "run.id='.hidden' may hold only"),
+    "vocab_set_on_the_model": (["--model.net.vocab_size=9"], "data.vocab_size --> model"),
+    "run_id_with_a_path": (["--run.id=../other"], "run.id='../other': use only letters"),
+    "run_id_with_a_space": (["--run.id=my run"], "run.id='my run': use only letters"),
+    "run_id_starting_with_a_dot": (["--run.id=.hidden"], "run.id='.hidden': use only letters"),
     "run_id_too_long": ([f"--run.id={'r' * 129}"], "at most 128"),
     "checkpoint_minutes_zero": (["--run.checkpoint_minutes=0"], "checkpoint_minutes=0.0 must"),
     "checkpoint_minutes_negative": (["--run.checkpoint_minutes=-1"], "checkpoint_minutes=-1.0"),
@@ -125,7 +121,7 @@ ARGUMENTS = {
     "checkpoint_missing": (["--ckpt_path=no/such.ckpt"], "--ckpt_path=no/such.ckpt: no such file"),
 }
 if not torch.cuda.is_available():
-    ARGUMENTS["fused_without_cuda"] = (["--model.backbone.impl=fused"], "found no CUDA")
+    ARGUMENTS["fused_without_cuda"] = (["--model.net.backbone.impl=fused"], "found no CUDA")
 
 
 def text(folder: Path, name: str, content: bytes) -> str:
@@ -307,8 +303,8 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model.backbone.d_model=32"], "backbone.embedding.weight is (16, 16) there, (16, 32)"),
-        (["--model.backbone.n_layer=2"], "it has no backbone.layers.1."),
+        (["--model.net.backbone.d_model=32"], "backbone.embedding.weight is (16, 16) there, (16, 32)"),
+        (["--model.net.backbone.n_layer=2"], "it has no backbone.layers.1."),
         (["--data.num_symbols=16"], "backbone.embedding.weight is (16, 16) there, (24, 16) here"),
     ],
     ids=["wider", "deeper", "larger_vocabulary"],
@@ -392,6 +388,6 @@ def test_auto_accelerator_on_a_mac_trains_on_the_cpu_and_says_why(
 
 
 def test_mps_asked_for_with_mamba1_stops_with_one_line(mac_without_float64, tmp_path, capsys):
-    args = ["--trainer.accelerator=mps", "--model.backbone.mixer=Mamba1"]
+    args = ["--trainer.accelerator=mps", "--model.net.backbone.mixer=Mamba1"]
     message = "trainer.accelerator=mps: MPS has no float64"
     assert_one_line_and_nothing_written(args, message, tmp_path / "runs", capsys)

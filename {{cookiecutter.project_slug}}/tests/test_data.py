@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import CORPUS, bpe_tokenizer
+
 from {{ cookiecutter.package_name }}.data import (
     ArrayClassification,
     InductionHeads,
@@ -264,26 +266,6 @@ def test_text_rejects_bad_data_naming_the_problem(tmp_path, files, kwargs, messa
 
 
 # Tokenized text
-
-CORPUS = "the cat sat on the mat. the dog sat on the log. " * 40
-
-
-def bpe_tokenizer(path, vocab_size=300):
-    """A byte-level BPE tokenizer.json (GPT-NeoX's kind) trained offline on CORPUS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>"],
-    )
-    tokenizer.train_from_iterator([CORPUS], trainer)
-    tokenizer.save(str(path))
-    return path
-
 
 def test_tokenized_text_windows_are_the_tokenizer_ids_in_a_uint16_cache(tmp_path):
     from tokenizers import Tokenizer

@@ -28,10 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny import QUIET, TINY_BACKBONE
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, QUIET, TINY_BACKBONE
 
-PROJECT = Path(__file__).resolve().parents[1]
-PACKAGE = "{{ cookiecutter.package_name }}"
 
 SAMPLES = 64
 BATCH = 4  # per process; the one-process run uses 2 * BATCH
@@ -52,6 +50,7 @@ TIMEOUT_S = 180
 
 TINY = [
     "--seed_everything=0",
+    LANGUAGE_MODEL,
     *TINY_BACKBONE,
     "--model.kernels=off",
     # A constant learning rate: the schedule would otherwise depend on max_steps, and the

@@ -4,12 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import TINY
+from conftest import PACKAGE, TINY, TINY_CLASSIFIER
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands import parse_lengths
 
-PACKAGE = "{{ cookiecutter.package_name }}"
 TASKS = {
     "induction_heads": [
         f"--data={PACKAGE}.data.InductionHeads",
@@ -22,11 +21,12 @@ TASKS = {
         "--data.num_classes=2",
     ],
 }
+TINIES = {"induction_heads": TINY, "series": TINY_CLASSIFIER}
 DATA = ["--data.batch_size=8", "--data.num_train_samples=64", "--data.num_val_samples=24"]
 
 
 def trained(tmp_path: Path, task: str) -> Path:
-    args = ["fit", *TINY, *TASKS[task], *DATA, "--trainer.max_steps=16", "--run.id=ih"]
+    args = ["fit", *TINIES[task], *TASKS[task], *DATA, "--trainer.max_steps=16", "--run.id=ih"]
     main([*args, f"--run.root={tmp_path / 'runs'}"])
     return tmp_path / "runs" / "ih" / "checkpoints" / "last.ckpt"
 
@@ -47,7 +47,7 @@ def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tm
     ckpt = trained(tmp_path, task)
     trained_at = int(TASKS[task][1].split("=")[1])
     validate = main(
-        ["validate", *TINY, *TASKS[task], *DATA, f"--ckpt_path={ckpt}", "--run.id=ih"]
+        ["validate", *TINIES[task], *TASKS[task], *DATA, f"--ckpt_path={ckpt}", "--run.id=ih"]
         + [f"--run.root={tmp_path / 'runs'}"]
     )
     val_acc = float(validate.trainer.callback_metrics["val/acc"])

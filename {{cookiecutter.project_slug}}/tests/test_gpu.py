@@ -120,7 +120,7 @@ def test_a_checkpoint_written_on_the_cpu_resumes_on_the_gpu_with_the_fused_kerne
         [sys.executable, "-m", package, *args, "--trainer.max_steps=20"], env=cpu, check=True
     )
     cli = main([*args, "--trainer.max_steps=30"])
-    assert cli.model.backbone.impl == "fused"
+    assert cli.model.net.backbone.impl == "fused"
     assert cli.trainer.global_step == 30  # continued from step 20, not from scratch
     state = cli.trainer.optimizers[0].state
     assert all(int(s["step"]) == 30 for s in state.values())

@@ -10,6 +10,7 @@ import importlib.util
 import lightning as L
 import pytest
 import torch
+from conftest import LANGUAGE_MODEL
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -17,7 +18,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.graphs import GraphedLoss, decide
-from {{ cookiecutter.package_name }}.module import MambaModule
+from {{ cookiecutter.package_name }}.model import MambaLM
+from {{ cookiecutter.package_name }}.module import LanguageModelling
 
 SAFE = {
     "device_type": "cuda",
@@ -58,11 +60,12 @@ def test_cuda_graphs_on_without_a_gpu_stops_the_cli_with_one_line_and_writes_not
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = [
         "fit",
-        "--model.backbone.d_model=16",
-        "--model.backbone.n_layer=1",
-        "--model.backbone.d_state=4",
-        "--model.backbone.headdim=8",
-        "--model.backbone.impl=reference",
+        LANGUAGE_MODEL,
+        "--model.net.backbone.d_model=16",
+        "--model.net.backbone.n_layer=1",
+        "--model.net.backbone.d_state=4",
+        "--model.net.backbone.headdim=8",
+        "--model.net.backbone.impl=reference",
         "--model.cuda_graphs=on",
         "--data.class_path={{ cookiecutter.package_name }}.data.SelectiveCopying",
         "--data.seq_len=24",
@@ -137,9 +140,8 @@ def train(mixer, mlp, graphs, loader, steps=50, precision="32-true", ckpt=None, 
         chunk_size=32,
         d_intermediate=128 if mlp else 0,
     )
-    model = MambaModule(
-        backbone=config, vocab_size=VOCAB, warmup_steps=5, cuda_graphs="on" if graphs else "off"
-    )
+    net = MambaLM(config, vocab_size=VOCAB)
+    model = LanguageModelling(net, warmup_steps=5, cuda_graphs="on" if graphs else "off")
     losses = _Losses()
     trainer = L.Trainer(
         accelerator="gpu",
@@ -154,7 +156,7 @@ def train(mixer, mlp, graphs, loader, steps=50, precision="32-true", ckpt=None, 
         callbacks=[losses, *callbacks],
     )
     trainer.fit(model, loader, ckpt_path=ckpt)
-    assert isinstance(model._train_loss_fn, GraphedLoss) == graphs
+    assert isinstance(model.train_loss, GraphedLoss) == graphs
     weights = {k: v.detach().double().cpu() for k, v in model.state_dict().items()}
     return weights, losses.losses, model
 
@@ -173,7 +175,7 @@ def test_replayed_training_equals_eager_training_in_float32(mixer, mlp, shape):
     eager, eager_losses, _ = train(mixer, mlp, False, loader)
     again, _, _ = train(mixer, mlp, False, loader)
     replayed, replayed_losses, model = train(mixer, mlp, True, loader)
-    assert len(model._train_loss_fn.graphs) == (2 if ragged else 1)  # one capture per shape
+    assert len(model.train_loss.graphs) == (2 if ragged else 1)  # one capture per shape
     spread, error = worst_relative(again, eager), worst_relative(replayed, eager)
     # Mamba2's SSD backward still adds a few gradients with float32 atomics, in no fixed order:
     # two eager runs then differ by ~1e-6 after 50 steps. Replay may differ no more than that.

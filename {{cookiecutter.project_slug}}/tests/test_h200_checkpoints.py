@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.module import MambaModule
+from {{ cookiecutter.package_name }}.module import LanguageModelling
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -33,14 +33,14 @@ def test_an_h200_checkpoint_resumes_on_the_cpu_where_the_gpu_stopped(mixer, tmp_
         start["optimizer"] = copy.deepcopy(self.trainer.optimizers[0].state_dict())
         start["schedule"] = self.trainer.lr_scheduler_configs[0].scheduler.last_epoch
 
-    training_step = MambaModule.training_step
+    training_step = LanguageModelling.training_step
 
     def recording_step(self, batch, batch_idx):
         batches.append(batch[0].clone())
         return training_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(MambaModule, "on_train_start", on_train_start, raising=False)
-    monkeypatch.setattr(MambaModule, "training_step", recording_step)
+    monkeypatch.setattr(LanguageModelling, "on_train_start", on_train_start, raising=False)
+    monkeypatch.setattr(LanguageModelling, "training_step", recording_step)
     cli = main(
         [
             "fit",
@@ -51,7 +51,7 @@ def test_an_h200_checkpoint_resumes_on_the_cpu_where_the_gpu_stopped(mixer, tmp_
             f"--run.root={tmp_path}",
         ]
     )
-    assert cli.model.backbone.impl == "reference" and cli.model.backbone.config.mixer == mixer
+    assert cli.model.net.backbone.impl == "reference" and cli.model.net.backbone.config.mixer == mixer
     assert start["weights"].keys() == saved["state_dict"].keys()
     for name, value in saved["state_dict"].items():
         assert torch.equal(start["weights"][name], value), name

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PACKAGE, PROJECT
+
 from {{ cookiecutter.package_name }} import launch
 
-PROJECT = Path(__file__).resolve().parents[1]
-PACKAGE = "{{ cookiecutter.package_name }}"
 BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
 GPUS = launch.gpu_fallbacks(BAKED_GPU)
 
@@ -86,9 +86,12 @@ def test_good_inputs_become_a_request(monkeypatch):
 
 def test_the_run_id_rule_is_the_one_the_cli_applies():
     runs = pytest.importorskip(f"{PACKAGE}.runs", reason="the CLI side needs torch")
-    assert runs.RUN_ID is launch.RUN_ID
-    with pytest.raises(ValueError, match="-dash-first"):
-        runs.RunConfig(id="-dash-first")
+    assert runs.is_run_id is launch.is_run_id  # one rule, in runid.py
+    for bad in ("-dash-first", "a/b", "x" * 129):
+        with pytest.raises(ValueError, match="use only letters"):
+            runs.RunConfig(id=bad)
+        with pytest.raises(ValueError, match="use only letters"):
+            check(any_config(), run_id=bad)
 
 
 def test_gpu_fallbacks_have_at_least_the_first_gpus_memory():

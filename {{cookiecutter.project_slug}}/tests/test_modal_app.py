@@ -23,16 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, QUIET, TINY_BACKBONE
 
 modal = pytest.importorskip("modal", reason="modal_app.py needs Modal: pip install modal")
 synchronizer = pytest.importorskip("modal._utils.async_utils").synchronizer
 
-PROJECT = Path(__file__).resolve().parents[1]
 if str(PROJECT) not in sys.path:  # modal_app.py sits at the project root, next to src/
     sys.path.insert(0, str(PROJECT))
 modal_app = importlib.import_module("modal_app")
 
-PACKAGE = "{{ cookiecutter.package_name }}"
 SLUG = "{{ cookiecutter.project_slug }}"
 BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
 PYTHON = "{{ cookiecutter.python_version }}"
@@ -69,20 +68,15 @@ EXPECTED_ORDER = [
     "training dependencies",
 ]
 
-# A config small enough to train a few steps on CPU in seconds.
+# Overrides of a shipped config: small enough to train a few steps on CPU in seconds.
 TINY = [
     "--trainer.max_steps=2",
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.limit_val_batches=1",
-    "--trainer.enable_progress_bar=false",
+    *QUIET,
     "--model.kernels=off",
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=8",
+    *TINY_BACKBONE,
     "--data.init_args.batch_size=2",
 ]
 
@@ -856,7 +850,7 @@ def test_extrapolate_evaluates_a_run_of_the_runs_volume_at_other_lengths(
 
     data = [f"--data={PACKAGE}.data.InductionHeads", "--data.seq_len=32"]
     data += ["--data.num_train_samples=16", "--data.num_val_samples=8"]
-    main(["fit", *data, *TINY, f"--run.root={tmp_path}", "--run.id=ih"])
+    main(["fit", LANGUAGE_MODEL, *data, *TINY, f"--run.root={tmp_path}", "--run.id=ih"])
     monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(runs=tmp_path))
     command = modal_app.extrapolate_command("ih", "32,64", "last")
     assert command[-2] == f"--ckpt_path={tmp_path / 'ih' / 'checkpoints' / 'last.ckpt'}"

@@ -20,6 +20,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE
+
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data import SelectiveCopying
 from {{ cookiecutter.package_name }}.runs import (
@@ -30,20 +32,14 @@ from {{ cookiecutter.package_name }}.runs import (
     LastCheckpoint,
 )
 
-PROJECT = Path(__file__).resolve().parents[1]
-PACKAGE = "{{ cookiecutter.package_name }}"
 MAX_STEPS = 200
 # Tiny and deterministic on CPU (~1 s of training): 24 batches per epoch, so a run crosses
 # epoch boundaries and is stopped both mid-epoch and between epochs.
 FIT = [
     "fit",
     "--seed_everything=0",
-    "--model.backbone.impl=reference",
-    "--model.backbone.d_model=16",
-    "--model.backbone.n_layer=1",
-    "--model.backbone.d_state=8",
-    "--model.backbone.headdim=8",
-    "--model.backbone.chunk_size=8",
+    LANGUAGE_MODEL,
+    *TINY_BACKBONE,
     "--model.warmup_steps=10",
     f"--data={PACKAGE}.data.SelectiveCopying",
     "--data.seq_len=24",

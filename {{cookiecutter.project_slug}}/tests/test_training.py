@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from tiny import TINY
+from conftest import PACKAGE, PROJECT, TINY, TINY_CLASSIFIER
 
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
+from {{ cookiecutter.package_name }}.classifier import MambaClassifier
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.loss import linear_cross_entropy
-from {{ cookiecutter.package_name }}.module import MambaModule, warmup_cosine
+from {{ cookiecutter.package_name }}.model import MambaLM
+from {{ cookiecutter.package_name }}.module import LanguageModelling, warmup_cosine
 
-PROJECT = Path(__file__).resolve().parents[1]
-PACKAGE = "{{ cookiecutter.package_name }}"
 LM_DATA = [
     f"--data={PACKAGE}.data.SelectiveCopying",
     "--data.seq_len=24",
@@ -35,28 +35,33 @@ SERIES_DATA = [
 ]
 
 
-def tiny_lm(**kwargs) -> MambaModule:
+def tiny_lm() -> MambaLM:
     torch.manual_seed(0)
     config = BackboneConfig(impl="reference", d_model=16, n_layer=2, d_state=8, headdim=8)
-    return MambaModule(backbone=config, vocab_size=10, **kwargs)
+    return MambaLM(config, vocab_size=10)
 
 
-@pytest.mark.parametrize("data", [LM_DATA, SERIES_DATA], ids=["language_model", "classification"])
+TASKS = {"language_model": (TINY, LM_DATA), "classification": (TINY_CLASSIFIER, SERIES_DATA)}
+
+
+@pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
-def test_fit_fast_dev_run_for_each_task(data, mixer, tmp_path):
+def test_fit_fast_dev_run_for_each_task(task, mixer, tmp_path):
+    tiny, data = TASKS[task]
     cli = main(
         [
             "fit",
-            *TINY,
+            *tiny,
             *data,
-            f"--model.backbone.mixer={mixer}",
+            f"--model.net.backbone.mixer={mixer}",
             "--trainer.fast_dev_run=2",
             f"--run.root={tmp_path}",
         ]
     )
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-    assert cli.model.hparams.task == cli.datamodule.task
+    net = cli.model.net
+    assert isinstance(net, MambaLM if task == "language_model" else MambaClassifier)
 
 
 def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
@@ -154,13 +159,14 @@ def test_print_config_shows_every_shipped_config(config):
         check=True,
     )
     printed = yaml.safe_load(result.stdout)
-    assert printed["model"]["backbone"]["mixer"] in ("Mamba1", "Mamba2")
+    net = printed["model"]["init_args"]["net"]["init_args"]
+    assert net["backbone"]["mixer"] in ("Mamba1", "Mamba2")
     assert printed["data"]["class_path"].startswith(f"{PACKAGE}.data.")
     assert printed["trainer"]["gradient_clip_val"] == 1.0
 
 
 def test_optimizer_skips_decay_for_marked_params_norms_and_biases():
-    model = tiny_lm(weight_decay=0.1)
+    model = LanguageModelling(tiny_lm(), weight_decay=0.1)
     model.trainer = type("T", (), {"estimated_stepping_batches": 100})()
     optimizer = model.configure_optimizers()["optimizer"]
     decay, no_decay = (group["params"] for group in optimizer.param_groups)
@@ -188,15 +194,33 @@ def test_generate_is_greedy_decoding_of_the_parallel_forward():
     out = model.generate(prompt, max_new_tokens=6)
     assert out.shape == (2, 13)
     assert torch.equal(out[:, :7], prompt)
-    logits = model(out)[..., :10]
+    logits = model(out)
     torch.testing.assert_close(out[:, 7:], logits[:, 6:-1].argmax(-1), rtol=0, atol=0)
 
 
-def test_model_refuses_a_task_without_its_data_sizes():
-    with pytest.raises(ValueError, match="task=language_model needs a vocab_size, got None"):
-        MambaModule(task="language_model")
+def test_networks_refuse_missing_data_sizes_and_the_module_a_bad_learning_rate():
+    with pytest.raises(ValueError, match="MambaLM needs a vocab_size >= 1, got None"):
+        MambaLM()
+    with pytest.raises(ValueError, match="num_channels >= 1 and num_classes >= 2, got 3 and None"):
+        MambaClassifier(num_channels=3)
     with pytest.raises(ValueError, match="model.lr=-0.1 must be > 0"):
-        MambaModule(vocab_size=10, lr=-0.1)
+        LanguageModelling(tiny_lm(), lr=-0.1)
+
+
+def test_the_language_model_imports_and_runs_with_torch_alone():
+    """model.py is plain PyTorch: importing it (and using it) never imports Lightning."""
+    code = (
+        "import sys, torch\n"
+        f"from {PACKAGE}.model import MambaLM\n"
+        f"from {PACKAGE}.backbone import BackboneConfig\n"
+        "m = MambaLM(BackboneConfig(impl='reference', d_model=16, n_layer=1, headdim=8), 10)\n"
+        "m.generate(torch.zeros(1, 3, dtype=torch.long), 2)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'torchmetrics', 'jsonargparse')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("chunk_size", [5, 64])

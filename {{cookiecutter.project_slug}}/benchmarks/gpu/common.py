@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
-from {{ cookiecutter.package_name }}.module import MambaModule
+from {{ cookiecutter.package_name }}.model import MambaLM
+from {{ cookiecutter.package_name }}.module import LanguageModelling
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 
@@ -147,7 +148,7 @@ def fit_setup(
     max_steps,
     clip,
     callback,
-    module_cls=MambaModule,
+    module_cls=LanguageModelling,
     devices=1,
     cuda_graphs="auto",
 ):
@@ -156,12 +157,8 @@ def fit_setup(
     With devices > 1 the Trainer runs DDP and each GPU gets its own `batch` per step.
     """
     torch.manual_seed(0)
-    model = module_cls(
-        backbone=lm_config(mixer, impl),
-        vocab_size=SIZE["vocab"],
-        warmup_steps=2,
-        cuda_graphs=cuda_graphs,
-    )
+    net = MambaLM(lm_config(mixer, impl), vocab_size=SIZE["vocab"])
+    model = module_cls(net, warmup_steps=2, cuda_graphs=cuda_graphs)
     g = torch.Generator().manual_seed(0)
     n = batch * max_steps * devices
     data = torch.utils.data.TensorDataset(
@@ -189,7 +186,7 @@ def fit_setup(
 def lightning_fit(
     mixer, impl, batch, length, warmup, steps, clip=1.0, profile=False, cuda_graphs="auto"
 ) -> dict:
-    """(a)/(d): our MambaModule through Lightning's Trainer, as `python -m ... fit` runs it."""
+    """(a)/(d): our LanguageModelling through Lightning's Trainer, as `python -m ... fit` runs it."""
     timer = _Timer(warmup)
     model, loader, trainer = fit_setup(
         mixer, impl, batch, length, warmup + steps, clip, timer, cuda_graphs=cuda_graphs

@@ -18,7 +18,8 @@ import torch
 
 from {{ cookiecutter.package_name }}.backbone import Backbone, BackboneConfig
 from {{ cookiecutter.package_name }}.kernels import check_kernels
-from {{ cookiecutter.package_name }}.module import MambaModule
+from {{ cookiecutter.package_name }}.model import MambaLM
+from {{ cookiecutter.package_name }}.module import LanguageModelling
 
 from .common import PACKAGE, rel, table
 
@@ -158,7 +159,7 @@ def checkpoint_to_cpu() -> dict:
     """A checkpoint the fused model writes on the GPU loads into the reference model on a CPU."""
     torch.manual_seed(0)
     config = parity_config("Mamba2", 0, "fused")
-    model = MambaModule(backbone=config, vocab_size=1000)
+    model = LanguageModelling(MambaLM(config, vocab_size=1000))
     data = torch.utils.data.TensorDataset(
         torch.randint(0, 1000, (16, 128)), torch.randint(0, 1000, (16, 128))
     )
@@ -179,13 +180,12 @@ def checkpoint_to_cpu() -> dict:
         model.cuda().eval()  # Lightning hands the model back on the CPU after fit
         with torch.no_grad():
             torch.save(
-                {"ids": ids, "logits": model(ids.cuda()).float().cpu()}, Path(tmp) / "gpu.pt"
+                {"ids": ids, "logits": model.net(ids.cuda()).float().cpu()}, Path(tmp) / "gpu.pt"
             )
         code = (
             "import torch, sys\n"
-            f"from {PACKAGE}.module import MambaModule\n"
-            "m = MambaModule.load_for_device(sys.argv[1], impl='reference', map_location='cpu')\n"
-            "m.eval()\n"
+            f"from {PACKAGE}.checkpoint import load_trained\n"
+            "m = load_trained(sys.argv[1], impl='reference').net\n"
             "ref = torch.load(sys.argv[2])\n"
             "with torch.no_grad(): out = m(ref['ids'])\n"
             "err = ((out - ref['logits']).norm() / ref['logits'].norm()).item()\n"

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from {{ cookiecutter.package_name }}.module import MambaModule
+from {{ cookiecutter.package_name }}.module import LanguageModelling
 
 from .common import SIZE, fit_setup, guarded, mamba_ssm_lm, random_batches, raw_step, table
 
@@ -62,18 +62,18 @@ class _ProfileWindow(L.Callback):
             self.prof.__exit__(None, None, None)
 
 
-class _PlainLossModule(MambaModule):
+class _PlainLossModule(LanguageModelling):
     """(a) with (b)'s loss: full float32 logits and F.cross_entropy, to isolate the loss."""
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
-        logits = self(inputs)[..., : self.hparams.vocab_size].float()
+        logits = self.net(inputs).float()
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         self.log("train/loss", loss, on_step=True)
         return loss
 
 
-def profile_fit(mixer: str, module_cls=MambaModule, clip=1.0, steps: int = 6) -> dict:
+def profile_fit(mixer: str, module_cls=LanguageModelling, clip=1.0, steps: int = 6) -> dict:
     warm = 4
     window = _ProfileWindow(warm, steps)
     model, loader, trainer = fit_setup(

@@ -24,11 +24,14 @@ from . import mixers
 log = logging.getLogger(__name__)
 
 
+Impl = Literal["auto", "fused", "reference"]
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """Shape of the backbone. Defaults match mamba-ssm's mixers; configs override them."""
 
-    impl: Literal["auto", "fused", "reference"] = "auto"
+    impl: Impl = "auto"
     mixer: Literal["Mamba1", "Mamba2"] = "Mamba2"
     d_model: int = 256
     n_layer: int = 4
@@ -117,7 +120,7 @@ def fused_available() -> tuple[bool, str]:
     return True, f"CUDA device {torch.cuda.get_device_name()} and mamba-ssm are available"
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: Impl) -> str:
     """Turn `auto` into `fused` or `reference`; refuse `fused` where it cannot run."""
     if impl == "reference":
         return impl
@@ -129,8 +132,6 @@ def resolve_impl(impl: str) -> str:
                 "Use backbone.impl=auto or reference."
             )
         return impl
-    if impl != "auto":
-        raise ValueError(f"backbone.impl={impl!r} is unknown; use auto, fused or reference")
     chosen = "fused" if ok else "reference"
     log.info("backbone.impl=auto -> %s (%s)", chosen, reason)
     return chosen
@@ -252,7 +253,7 @@ class Backbone(nn.Module):
                 f"a sequence of {length} tokens is more than the {self.max_rows} chunks of "
                 f"{chunk} that mamba-ssm's Mamba2 kernels take in one call; use sequences of "
                 f"at most {self.max_rows * chunk} tokens, or train with a larger "
-                "model.backbone.chunk_size"
+                "model.net.backbone.chunk_size"
             )
         return per_call
 

@@ -23,15 +23,14 @@ import torch
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.accelerators import MPSAccelerator
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
     ProgressBar,
-    ThroughputMonitor,
     TQDMProgressBar,
 )
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info
 
 from .commands import COMMANDS
@@ -52,6 +51,7 @@ from .runs import (
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}"
 
 
 def default_precision() -> str:
@@ -96,92 +96,123 @@ def pick_accelerator(requested: str, mixer: str | None) -> str:
     return requested
 
 
-def _tokens(batch) -> int:
-    inputs = batch[0]
-    return inputs.shape[0] * inputs.shape[1]
+class LoggedThroughput(Callback):
+    """Tokens, samples and FLOPs per second of training, on the steps Lightning logs.
 
-
-class LoggedThroughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor without a GPU sync on every training step.
-
-    The stock callback calls torch.cuda.synchronize() after each batch to time it, which stops
-    the CPU from queueing the next step (and defeats CUDA-graph replay). This one counts every
-    batch but waits for the GPU and times only on the steps that are logged: the rates are
-    over the interval since the previous logged step.
+    Lightning's ThroughputMonitor calls torch.cuda.synchronize() after every batch to time it,
+    which stops the CPU from queueing the next step (and defeats CUDA-graph replay). This one
+    counts every batch but waits for the GPU and reads the clock only on the steps that are
+    logged (every trainer.log_every_n_steps): each rate is over the interval since the last.
+    The metric names are ThroughputMonitor's: train/device/items_per_sec (tokens) and so on.
     """
 
-    def __init__(self, batch_size_fn, length_fn=None):
-        super().__init__(batch_size_fn, length_fn, window_size=2)
-        self._flops_since_update = 0
+    def on_train_start(self, trainer, pl_module) -> None:
+        device = trainer.strategy.root_device
+        precision = str(trainer.precision)
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float32
+        dtype = torch.float16 if precision.startswith("16") else dtype
+        available = get_available_flops(device, dtype) if device.type == "cuda" else None
+        self.throughput = Throughput(available_flops=available, window_size=2, separator="/")
+        self.start, self.batches, self.samples, self.tokens, self.flops = 0.0, 0, 0, 0, 0
+        self.measured_step = trainer.global_step
+        self.start = time.perf_counter()
 
-    def _update(self, trainer, pl_module, batch, iter_num: int) -> None:
-        stage = trainer.state.stage
-        if stage != RunningStage.TRAINING:
-            return super()._update(trainer, pl_module, batch, iter_num)
-        self._samples[stage] += self.batch_size_fn(batch)
-        self._lengths[stage] += self.length_fn(batch) if self.length_fn else 0
-        self._batches[stage] += 1
-        self._flops_since_update += getattr(pl_module, "flops_per_batch", 0)
-        if not trainer._logger_connector.should_update_logs:
-            return
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        inputs = batch[0]
+        self.batches += 1
+        self.samples += inputs.shape[0]
+        self.tokens += inputs.shape[0] * inputs.shape[1]
+        self.flops += getattr(pl_module, "flops_per_batch", 0)
+        step, every = trainer.global_step, trainer.log_every_n_steps
+        if step == self.measured_step or not every or step % every:
+            return  # Lightning logs at the steps that are multiples of log_every_n_steps
+        self.measured_step = step
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()  # once per logged step: the interval's work is done
-        self._throughputs[stage].update(
-            time=time.perf_counter() - self._t0s[stage],
-            batches=self._batches[stage],
-            samples=self._samples[stage],
-            lengths=self._lengths[stage] if self.length_fn else None,
-            flops=self._flops_since_update or None,
+        self.throughput.update(
+            time=time.perf_counter() - self.start,
+            batches=self.batches,
+            samples=self.samples,
+            lengths=self.tokens,
+            flops=self.flops or None,
         )
-        self._flops_since_update = 0
+        self.flops = 0
+        metrics = {f"train/{k}": v for k, v in self.throughput.compute().items()}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
 
 class MambaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_class_arguments(RunConfig, "run")
-        for name in ("task", "vocab_size", "num_channels", "num_classes"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        # `--model.net.backbone.d_model=...` without a config: the task this project was made for
+        parser.set_defaults({"model": {"class_path": f"{__package__}.module.{DEFAULT_MODULE}"}})
+        # the network's sizes come from the data: a language model's vocabulary, a
+        # classifier's channels and classes (each link applies where the network has it)
+        for name in ("vocab_size", "num_channels", "num_classes"):
+            parser.link_arguments(
+                f"data.{name}", f"model.init_args.net.init_args.{name}", apply_on="instantiate"
+            )
 
-    def _run_paths(self) -> tuple[str, Path, Path]:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+    def subcommand_config(self):
+        """The parsed config of the subcommand being run (fit, validate, ...)."""
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_paths(self) -> tuple[str, Path, Path]:
+        config = self.subcommand_config()
         run = config.run
         run_id = run.id or derive_run_id(config)
         run_dir = Path(run.root) / run_id
         log_dir = Path(run.log_root or run.root) / run_id
         return run_id, run_dir, log_dir
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check --ckpt_path before anything reads it (LightningCLI loads it next)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.given_checkpoint = None
+        if given is None or given in ("last", "best", "hpc", "registry") or "://" in str(given):
+            return
+        given = Path(given)
+        if not given.is_file():
+            raise FileNotFoundError(
+                f"--ckpt_path={given}: no such file. Leave --ckpt_path out to resume this "
+                "run's own last.ckpt, or give an existing .ckpt file."
+            )
+        if problem := unreadable(given):
+            raise ValueError(
+                f"--ckpt_path={given} is not a checkpoint written by fit ({problem}); give a "
+                "last.ckpt or best.ckpt, or leave --ckpt_path out to resume this run's own."
+            )
+        self.given_checkpoint = given
+
     def instantiate_trainer(self, **kwargs):
+        """The Trainer of the config, rooted in the run's folder, with the run's callbacks."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        run_id, run_dir, log_dir = self._run_paths()
+        trainer = config.get("trainer") or {}
+        run_id, run_dir, log_dir = self.run_paths()
         self.run_id, self.run_dir = run_id, run_dir
         undo = UndoFailedStart(run_dir, log_dir)  # before anything below can write there
         ckpt_dir = run_dir / "checkpoints"
         self.resume_from = None
         if self.subcommand == "fit" and config.get("ckpt_path") is None:
             self.resume_from = resume_checkpoint(ckpt_dir)
-        backbone = getattr(self.model, "backbone", None)
-        mixer = getattr(getattr(backbone, "config", None), "mixer", None)
-        trainer_config["accelerator"] = pick_accelerator(
-            trainer_config.get("accelerator", "auto"), mixer
-        )
-        if trainer_config.get("precision") is None:
-            trainer_config["precision"] = default_precision()
-        trainer_config.setdefault("default_root_dir", str(run_dir))
-        if trainer_config.get("logger") in (None, True):
+        mixer = self.model.net.backbone.config.mixer
+        kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
+        if trainer.get("precision") is None:
+            kwargs["precision"] = default_precision()
+        if trainer.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+        if trainer.get("logger") in (None, True):
             # A fixed folder per run id (no version_N): a resumed run appends to the same run.
-            trainer_config["logger"] = FlushedTensorBoardLogger(
-                save_dir=str(log_dir), name="", version=""
-            )
-        plugins = trainer_config.get("plugins") or []
+            kwargs["logger"] = FlushedTensorBoardLogger(save_dir=str(log_dir), name="", version="")
+        plugins = trainer.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        trainer_config["plugins"] = plugins
-        minutes = config.run.checkpoint_minutes
-        callbacks = [
-            self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys
-        ]
+        kwargs["plugins"] = plugins
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
         # last.ckpt is written at least every `checkpoint_minutes` of training (Lightning's
         # time-based checkpoint), and by LastCheckpoint after each validation, at the end and
         # on SIGINT/SIGTERM. No -v1 copies: a restart overwrites the same files.
@@ -199,46 +230,25 @@ class MambaCLI(LightningCLI):
                 dirpath=ckpt_dir,
                 save_top_k=0,
                 save_last=True,
-                train_time_interval=timedelta(minutes=minutes),
+                train_time_interval=timedelta(minutes=config.run.checkpoint_minutes),
                 enable_version_counter=False,
             ),
             LastCheckpoint(ckpt_dir / LAST),
             ContinueTensorBoard(),
             LearningRateMonitor(logging_interval="step"),
-            LoggedThroughput(batch_size_fn=lambda batch: batch[0].shape[0], length_fn=_tokens),
+            LoggedThroughput(),
             undo,
         ]
-        bar = trainer_config.get("enable_progress_bar") in (None, True)
+        bar = trainer.get("enable_progress_bar") in (None, True)
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             # the bar reads the logged loss from the GPU when it redraws: not on every step
             callbacks.append(TQDMProgressBar(refresh_rate=10))
-        return self._instantiate_trainer(trainer_config, callbacks)
-
-    def _given_checkpoint(self) -> Path | None:
-        """--ckpt_path when it names a local file (not last/best/hpc/registry or a URL)."""
-        given = self.config[self.config.subcommand].get("ckpt_path")
-        special = given in ("last", "best", "hpc", "registry") or "://" in str(given)
-        return None if given is None or special else Path(given)
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning reads the model's hyperparameters from --ckpt_path here: check it first."""
-        given = self._given_checkpoint() if self.config.get("subcommand") else None
-        if given is not None and not given.is_file():
-            raise FileNotFoundError(
-                f"--ckpt_path={given}: no such file. Leave --ckpt_path out to resume this "
-                "run's own last.ckpt, or give an existing .ckpt file."
-            )
-        fit = self.config.get("subcommand") == "fit"
-        if fit and given is not None and (problem := unreadable(given)):
-            raise ValueError(
-                f"--ckpt_path={given} is not a checkpoint written by fit ({problem}); give a "
-                "last.ckpt or best.ckpt, or leave --ckpt_path out to resume this run's own."
-            )
-        super()._parse_ckpt_path()
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
-        resumed = self.resume_from or self._given_checkpoint()
+        resumed = self.resume_from or self.given_checkpoint
         if resumed is not None and (problem := other_model(resumed, self.model)):
             raise ValueError(
                 f"{resumed} holds another model than this config builds ({problem}); resume "
@@ -326,6 +336,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
         cli = MambaCLI(
             MambaModule,
             LightningDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},  # a refused argument is one line, see below

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .backbone import BackboneConfig
+from .checkpoint import Trained, load_trained
 from .data import IGNORE_INDEX, GeneratedDataModule
-from .module import MambaModule
+from .model import MambaLM
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -45,7 +45,12 @@ def export(argv: list[str]) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out={out} exists and is not an empty folder; give a new one")
-    model = _load_checkpoint(args.ckpt_path, "reference")
+    model = load_trained(args.ckpt_path, "reference").net
+    if not isinstance(model, MambaLM):
+        raise ValueError(
+            f"--ckpt_path={args.ckpt_path} holds a {type(model).__name__}; export writes "
+            "language models (MambaLM) only"
+        )
     model.save_pretrained(out, format=args.format)
     print(f"wrote {out} ({args.format} format)")
 
@@ -53,7 +58,7 @@ def export(argv: list[str]) -> None:
 def generate(argv: list[str]) -> None:
     """Continue prompts with a trained or pretrained language model, through its recurrent state."""
     from .data.text import TextTokenizer
-    from .pretrained import hub_file, looks_like_path
+    from .hub import hub_file, looks_like_path
 
     parser = CommandParser(prog=f"python -m {__package__} generate")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -87,15 +92,15 @@ def generate(argv: list[str]) -> None:
         texts = args.prompt
     spec = args.tokenizer
     if args.ckpt_path is not None:
-        model = _load_checkpoint(args.ckpt_path, args.impl)
-        saved = torch.load(args.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-        trained_on = saved.get("datamodule_hyper_parameters", {})
-        if spec is None and "suffixes" in trained_on:  # trained on TextFile
-            spec = trained_on.get("tokenizer", "bytes")
+        trained = load_trained(args.ckpt_path, args.impl)
+        model, spec = trained.net, spec or trained.tokenizer
+        if not isinstance(model, MambaLM):
+            raise ValueError(
+                f"--ckpt_path={args.ckpt_path} holds a {type(model).__name__}; generate needs "
+                "a language model (MambaLM)"
+            )
     else:
-        model = MambaModule.from_pretrained(
-            args.pretrained, args.revision, backbone=BackboneConfig(impl=args.impl)
-        )
+        model = MambaLM.from_pretrained(args.pretrained, args.revision, impl=args.impl)
         if spec is None:  # the checkpoint's own tokenizer.json, where it ships one
             folder = Path(args.pretrained).expanduser()
             found = folder / "tokenizer.json" if folder.is_dir() else None
@@ -108,20 +113,19 @@ def generate(argv: list[str]) -> None:
             "give bytes, a tokenizer.json or a hub id (e.g. EleutherAI/gpt-neox-20b)"
         )
     tokenizer = TextTokenizer(spec)
-    if tokenizer.vocab_size > model.hparams.vocab_size:
+    if tokenizer.vocab_size > model.vocab_size:
         raise ValueError(
             f"--tokenizer={spec} has {tokenizer.vocab_size} tokens, more than the model's "
-            f"vocabulary of {model.hparams.vocab_size}; use the tokenizer it was trained with"
+            f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
         )
     if model.backbone.impl == "fused":
         model.cuda()
-    model.eval()
     torch.manual_seed(args.seed)
     for i, text in enumerate(texts):
         ids = tokenizer.encode(text)
         if not ids:
             raise ValueError(f"prompt {i + 1} encodes to no tokens; give it some text")
-        prompt = torch.tensor([ids], device=model.device)  # (1, L)
+        prompt = torch.tensor([ids], device=next(model.parameters()).device)  # (1, L)
         out = model.generate(prompt, args.max_new_tokens, args.temperature, args.top_k)
         print(("\n" if i else "") + tokenizer.decode(out[0].tolist()), flush=True)
 
@@ -147,13 +151,9 @@ def parse_lengths(text: str) -> list[int]:
     return sorted(set(lengths))
 
 
-def _task_of(checkpoint: dict):
-    """The generated data module a checkpoint was trained on, and its arguments.
-
-    LightningCLI stores the data module's class path beside its arguments."""
-    saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    path = saved.pop("_class_path", None)
-    saved.pop("_instantiator", None)
+def _task_of(trained: Trained):
+    """The generated data module a checkpoint was trained on, and its arguments."""
+    path, saved = trained.data_class, trained.data_args
     cls = None
     if path is not None:
         module, _, name = path.rpartition(".")
@@ -171,13 +171,13 @@ def _task_of(checkpoint: dict):
 
 
 @torch.no_grad()
-def _accuracy(model: MambaModule, inputs, targets) -> tuple[int, int]:
+def _accuracy(model: torch.nn.Module, inputs, targets) -> tuple[int, int]:
     """(correct, scored): LM positions with a target, or one label per classified series."""
-    if model.hparams.task != "language_model":
+    if not isinstance(model, MambaLM):
         return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
     hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
     scored = targets != IGNORE_INDEX
-    logits = hidden[scored] @ model.backbone.embedding.weight[: model.hparams.vocab_size].T
+    logits = hidden[scored] @ model.output_weight.T
     return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
 
 
@@ -211,9 +211,9 @@ def extrapolate(argv: list[str]) -> None:
             f"--samples={args.samples}, --tokens_per_batch={args.tokens_per_batch} and "
             f"--max_cpu_minutes={args.max_cpu_minutes} must be positive"
         )
-    model = _load_checkpoint(args.ckpt_path, args.impl)
-    saved = torch.load(args.ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-    task, data_args = _task_of(saved)
+    trained = load_trained(args.ckpt_path, args.impl)
+    model = trained.net
+    task, data_args = _task_of(trained)
     for length in lengths:  # a length the task cannot have is refused before any work
         task(**{**data_args, "seq_len": length})
     gpu = model.backbone.impl == "fused"
@@ -268,12 +268,6 @@ def extrapolate(argv: list[str]) -> None:
         }
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")
-
-
-def _load_checkpoint(path: str, impl: str) -> MambaModule:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--ckpt_path={path}: no such file; give a .ckpt written by fit")
-    return MambaModule.load_for_device(path, impl=impl, map_location="cpu")
 
 
 COMMANDS = {"export": export, "extrapolate": extrapolate, "generate": generate}

@@ -9,15 +9,13 @@ This module imports only the standard library and PyYAML, never torch or Lightni
 the laptop side of `modal run` needs (docs/modal.md, "What your machine needs").
 """
 
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-# The CLI's rule for a run id (runs.RunConfig checks it too): the id names a directory.
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+from .runid import RULE, is_run_id
 
 # --- What Modal offers -----------------------------------------------------------------------
 
@@ -118,11 +116,8 @@ def validate_request(
         )
 
     # The CLI's own rule, checked here so a bad id fails before a GPU starts.
-    if run_id and not RUN_ID.fullmatch(run_id):
-        raise ValueError(
-            f"--run-id {run_id!r}: use only letters, digits, '.', '_' and '-', starting with a "
-            "letter or digit, at most 128 (no '/' or spaces), e.g. --run-id lm-small-1."
-        )
+    if run_id and not is_run_id(run_id):
+        raise ValueError(f"--run-id {run_id!r}: use {RULE} (no '/' or spaces), e.g. lm-small-1.")
 
     try:
         extra = shlex.split(overrides)

@@ -6,24 +6,22 @@ and the cross-entropy chunk by chunk of tokens, and produces the gradients of th
 states and of the head weight in the same pass, so only one chunk of logits ever exists: 3.9
 GiB, for 2.8 ms more per step on an H200 (liger-kernel's fused version takes 4.4 ms more;
 `benchmarks/gpu_check.py --sections loss`). The loss equals
-`F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100)`, and each chunk runs through
-the same fused log-softmax/NLL kernels as that plain call.
+`F.cross_entropy(hidden @ weight.T, targets, ignore_index=ignore_index)`, and each chunk runs
+through the same fused log-softmax/NLL kernels as that plain call.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import IGNORE_INDEX
-
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int):
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, ignore: int):
         with_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         head = weight.to(hidden.dtype)  # the matmuls run in the hidden states' (autocast) dtype
         acc = torch.promote_types(hidden.dtype, torch.float32)  # float32, or float64 in tests
-        n_scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        n_scored = (targets != ignore).sum().clamp(min=1)
         grad_hidden = torch.zeros_like(hidden) if with_grad else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if with_grad else None
         total = hidden.new_zeros((), dtype=acc)
@@ -34,9 +32,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # torch's own fused log-softmax/NLL kernels, forward and backward, on one chunk
             logits = (h @ head.T).to(acc).requires_grad_(with_grad)  # (n, V)
             with torch.enable_grad():
-                loss = F.cross_entropy(logits, t, ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = F.cross_entropy(logits, t, ignore_index=ignore, reduction="sum")
             total += loss.detach()
-            correct += ((logits.detach().argmax(-1) == t) & (t != IGNORE_INDEX)).sum()
+            correct += ((logits.detach().argmax(-1) == t) & (t != ignore)).sum()
             if not with_grad:
                 continue
             (grad,) = torch.autograd.grad(loss, logits)  # softmax - one_hot, 0 on ignored rows
@@ -52,15 +50,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, _grad_correct):
         grad_hidden, grad_weight, n_scored = ctx.saved_tensors
         scale = grad_loss / n_scored
-        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale, None, None
+        return grad_hidden * scale.to(grad_hidden.dtype), grad_weight * scale, None, None, None
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 4096
+    hidden: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100, chunk_size: int = 4096
 ) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, and the number of hits.
 
-    hidden (..., D); weight (V, D); targets (...) with -100 for positions not scored.
+    hidden (..., D); weight (V, D); targets (...), equal to ignore_index where not scored.
     Returns (loss, correct): the mean loss over scored positions and how many of them the
     argmax predicts right (for accuracy), without keeping (..., V) logits alive.
     """
@@ -68,5 +66,6 @@ def linear_cross_entropy(
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(
-            hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk_size
+            hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk_size,
+            ignore_index,
         )

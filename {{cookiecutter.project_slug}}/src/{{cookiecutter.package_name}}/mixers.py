@@ -373,14 +373,7 @@ class Mamba2(_Mixer):
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = self.d_ssm = expand * d_model
         self.headdim, self.ngroups, self.chunk_size = headdim, ngroups, chunk_size
-        if self.d_inner % headdim:
-            raise ValueError(
-                f"Mamba2: expand * d_model = {self.d_inner} is not divisible by headdim={headdim}; "
-                "choose d_model and headdim so that it is"
-            )
-        self.nheads = self.d_inner // headdim
-        if self.nheads % ngroups:
-            raise ValueError(f"Mamba2: nheads={self.nheads} is not divisible by ngroups={ngroups}")
+        self.nheads = self.d_inner // headdim  # BackboneConfig checks that both divide
         self.layer_idx = layer_idx
 
         # in_proj packs [z, x, B, C, dt]

@@ -1,9 +1,9 @@
-"""How the model learns: one LightningModule for both tasks.
+"""How a model learns: the LightningModules that train a MambaLM or a MambaClassifier.
 
-* language_model: token ids (B, L) -> next-token logits (B, L, V) through the backbone and a
-  head tied to the embedding. Loss and metrics skip targets equal to -100.
-* sequence_classification: real-valued series (B, L, C) -> input projection -> backbone ->
-  pooling over time -> class logits (B, K).
+Each receives the network it trains (`net`, built by LightningCLI from the config's
+`model.net` section) and adds what training needs: the loss, torchmetrics, AdamW with warmup
+and cosine decay, gradient clipping and CUDA-graph replay. `MambaModule` holds what both
+share; `LanguageModelling` and `Classification` say what a step computes and measures.
 
 Lightning calls the hooks below in this order during `fit`:
 setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on_save_checkpoint.
@@ -11,8 +11,6 @@ setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on
 """
 
 import math
-from dataclasses import asdict, replace
-from typing import Literal
 
 import lightning as L
 import torch
@@ -22,221 +20,114 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .backbone import Backbone, BackboneConfig, InferenceParams
+from .classifier import MambaClassifier
 from .data import IGNORE_INDEX
 from .graphs import GraphedLoss, Setting, decide
-from .kernels import check_kernels
+from .kernels import Policy, check_kernels
 from .loss import linear_cross_entropy
-from .pretrained import read_checkpoint, save
+from .model import MambaLM
 
-Task = Literal["language_model", "sequence_classification"]
+NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "config"}
 
 
 class MambaModule(L.LightningModule):
-    """A Mamba backbone with a task head, its metrics and its optimiser.
+    """The optimiser, schedule, clipping and graph replay shared by both tasks.
 
     Args:
-        task: what the model learns; must match the data module's task.
-        backbone: the backbone's shape and implementation (backbone.impl: auto|fused|reference).
-        vocab_size / num_channels / num_classes: filled in from the data module by the CLI.
-        pooling: how a classifier summarises time: "mean" over steps or the "last" step.
+        net: the network to train (a MambaLM or a MambaClassifier).
         lr: peak learning rate after warmup; cosine decay to lr * min_lr_ratio at the last step.
         weight_decay: AdamW decay for weight matrices; never for norms, biases and the
             parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
         kernels: what to do when a fused fast path is missing: require (stop), warn, off.
         cuda_graphs: replay the training loss's forward and backward from CUDA graphs
             (graphs.py): auto (wherever it is safe), on (refuse where it cannot work), off.
-        init_from: start from pretrained weights: a checkpoint folder (mamba-ssm's or HF's
-            format) or a hub id such as state-spaces/mamba-130m; the backbone's shape comes
-            from its config. init_revision pins a hub branch, tag or commit.
     """
 
     def __init__(
         self,
-        task: Task = "language_model",
-        backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 (frozen: safe to share)
-        vocab_size: int | None = None,
-        num_channels: int | None = None,
-        num_classes: int | None = None,
-        pooling: Literal["mean", "last"] = "mean",
+        net: nn.Module,
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
-        kernels: Literal["require", "warn", "off"] = "require",
+        kernels: Policy = "require",
         cuda_graphs: Setting = "auto",
-        init_from: str | None = None,
-        init_revision: str | None = None,
     ):
         super().__init__()
-        pretrained = None
-        if init_from is not None:
-            if task != "language_model":
-                raise ValueError(f"model.init_from={init_from!r} needs task=language_model")
-            pretrained = read_checkpoint(init_from, init_revision)
-            backbone, vocab_size = pretrained.configure(backbone, vocab_size)
-        _check_hyperparameters(
-            task,
-            vocab_size,
-            num_channels,
-            num_classes,
-            lr,
-            weight_decay,
-            warmup_steps,
-            min_lr_ratio,
-        )
-        self.save_hyperparameters()
-        if pretrained is not None:  # our checkpoints rebuild this shape and carry the weights
-            saved = asdict(backbone) if isinstance(self.hparams.backbone, dict) else backbone
-            self.hparams.update(backbone=saved, vocab_size=vocab_size)
-            self.hparams.update(init_from=None, init_revision=None)
-        if task == "language_model":
-            self.backbone = Backbone(backbone, vocab_size=vocab_size)
-            metrics = torchmetrics.MetricCollection(
-                {
-                    "acc": torchmetrics.Accuracy(
-                        "multiclass", num_classes=vocab_size, ignore_index=IGNORE_INDEX
-                    ),
-                    "ppl": torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX),
-                }
-            )
-        else:
-            self.input_proj = nn.Linear(num_channels, backbone.d_model)
-            self.backbone = Backbone(backbone, vocab_size=None)
-            self.head = nn.Linear(backbone.d_model, num_classes)
-            kind = "binary" if num_classes == 2 else "multiclass"
-            args = {} if kind == "binary" else {"num_classes": num_classes}
-            metrics = torchmetrics.MetricCollection(
-                {
-                    "acc": torchmetrics.Accuracy(kind, **args),
-                    "f1": torchmetrics.F1Score(kind, average="macro", **args),
-                    "auroc": torchmetrics.AUROC(kind, **args),
-                }
-            )
-        if pretrained is not None:
-            pretrained.load_into(self.backbone)
-        self.train_metrics = metrics.clone(prefix="train/")  # classification only
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self._matmul_weights, self._batch_tokens = None, 0
-        self._train_loss_fn = self._train_loss  # GraphedLoss(...) once fit decides to replay
+        for name, value, ok, rule in (
+            ("lr", lr, lr > 0, "> 0"),
+            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+            ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+            ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
+        ):
+            if not ok:
+                raise ValueError(f"model.{name}={value} must be {rule}")
+        self.net = net
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, betas
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.kernels, self.cuda_graphs = kernels, cuda_graphs
+        self.matmul_weights = sum(p.numel() for p in net.parameters() if p.ndim >= 2)
+        self.batch_tokens = 0
+        self.train_loss = self.training_loss  # GraphedLoss(...) once fit decides to replay
 
-    # ---------------------------------------------------------------------------- forward
-    def forward(self, inputs: Tensor, inference_params: InferenceParams | None = None) -> Tensor:
-        """LM: ids (B, L) -> logits (B, L, V). Classifier: (B, L, C) -> logits (B, K)."""
-        if self.hparams.task == "language_model":
-            hidden = self.backbone(inputs, inference_params)  # (B, L, D)
-            return F.linear(hidden, self.backbone.embedding.weight)  # tied head
-        hidden = self.backbone(self.input_proj(inputs))  # (B, L, D)
-        pooled = hidden.mean(1) if self.hparams.pooling == "mean" else hidden[:, -1]
-        return self.head(pooled)
+    def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss and one statistic for the metrics. Only tensor work, no host
+        syncs and no logging: this is what CUDA graphs replay."""
+        raise NotImplementedError
 
     @property
     def flops_per_batch(self) -> int:
-        """FLOPs of the last batch, for Lightning's ThroughputMonitor (MFU on the GPUs it knows).
+        """FLOPs of the last batch, for the throughput log (MFU on the GPUs Lightning knows).
 
         The usual estimate: 2 FLOPs per weight per token forward, 6 when training (forward and
-        backward), over every weight matrix (the tied head included); the scan is not counted.
+        backward), over every weight matrix (a tied head counted once); the scan is not counted.
         """
-        if self._matmul_weights is None:
-            self._matmul_weights = sum(p.numel() for p in self.parameters() if p.ndim >= 2)
-        return (6 if self.training else 2) * self._matmul_weights * self._batch_tokens
+        return (6 if self.training else 2) * self.matmul_weights * self.batch_tokens
 
-    def _train_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """The training loss and one statistic: LM accuracy, or the classifier's logits.
-
-        Only tensor work, no host syncs and no logging: this is what CUDA graphs replay.
-        """
-        if self.hparams.task == "language_model":
-            # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
-            hidden = self.backbone(inputs)  # (B, L, D)
-            weight = self.backbone.embedding.weight[: self.hparams.vocab_size]
-            loss, correct = linear_cross_entropy(hidden, weight, targets)
-            scored = (targets != IGNORE_INDEX).sum().clamp(min=1)
-            return loss, correct / scored
-        logits = self(inputs).float()  # (B, K)
-        return F.cross_entropy(logits, targets), logits
-
-    def _step(self, batch, metrics: torchmetrics.MetricCollection | None) -> Tensor:
-        inputs, targets = batch
-        self._batch_tokens = inputs.shape[0] * inputs.shape[1]
-        stage = metrics.prefix.rstrip("/")
-        if stage == "train":
-            loss, stat = self._train_loss_fn(inputs, targets)
-            if self.hparams.task == "language_model":
-                self.log("train/acc", stat, on_step=True, on_epoch=False, sync_dist=True)
-                metrics = None
-            else:
-                scores = stat.softmax(-1)
-                metrics.update(scores[:, 1] if self.hparams.num_classes == 2 else scores, targets)
-        elif self.hparams.task == "language_model":
-            logits = self(inputs)[..., : self.hparams.vocab_size].float()  # drop padded rows
-            loss = F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
-            )
-            metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
-            metrics["ppl"].update(logits, targets)
-        else:
-            logits = self(inputs).float()
-            loss = F.cross_entropy(logits, targets)
-            scores = logits.softmax(-1)
-            metrics.update(scores[:, 1] if self.hparams.num_classes == 2 else scores, targets)
-        on_step = stage == "train"
+    def log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
+        train = stage == "train"
         self.log(
             f"{stage}/loss",
             loss,
-            on_step=on_step,
-            on_epoch=not on_step,
+            on_step=train,
+            on_epoch=not train,
             prog_bar=True,
-            batch_size=targets.shape[0],
+            batch_size=batch_size,
             sync_dist=True,  # under DDP: the mean over all ranks, not rank 0's share
         )
-        if metrics is not None:
-            self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
 
     # --------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
         """Runs on every process before training/evaluation: check the fused kernels and
         decide whether the training loss replays from CUDA graphs."""
-        if self.backbone.impl == "fused":
-            check_kernels(self.hparams.kernels)
+        if self.net.backbone.impl == "fused":
+            check_kernels(self.kernels)
         if stage == "fit":
-            self._train_loss_fn = self._train_loss
+            self.train_loss = self.training_loss
             if self.use_cuda_graphs(self.trainer):
-                self._train_loss_fn = GraphedLoss(self, self._train_loss)
+                self.train_loss = GraphedLoss(self, self.training_loss)
 
     def use_cuda_graphs(self, trainer: L.Trainer, announce: bool = True) -> bool:
         """model.cuda_graphs resolved for this trainer; raises ValueError for `on` where it
         cannot work (the CLI calls this before anything is written, with announce=False)."""
         replay, reason = decide(
-            self.hparams.cuda_graphs,
+            self.cuda_graphs,
             device_type=trainer.strategy.root_device.type,
             world_size=trainer.world_size,
             accumulate_grad_batches=trainer.accumulate_grad_batches,
             precision=str(trainer.precision),
-            impl=self.backbone.impl,
+            impl=self.net.backbone.impl,
         )
-        if announce and self.hparams.cuda_graphs != "off":
+        if announce and self.cuda_graphs != "off":
             rank_zero_info(f"cuda_graphs {'on' if replay else 'off'}: {reason}")
         return replay
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, self.train_metrics)
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, self.val_metrics)
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, self.test_metrics)
-
-    def predict_step(self, batch, batch_idx):
-        """LM: greedy continuation of each input (B, L) by 32 tokens. Classifier: class probs."""
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if self.hparams.task == "language_model":
-            return self.generate(inputs, max_new_tokens=32)
-        return self(inputs).float().softmax(-1)
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The network's class and shape travel with its weights: `checkpoint.load_trained`
+        rebuilds it from them without this module or Lightning."""
+        net = self.net
+        checkpoint[NET_KEY] = {"class": type(net).__name__, "config": net.config}
 
     def configure_optimizers(self):
         """AdamW without decay on norms, biases and `_no_weight_decay` parameters; warmup+cosine."""
@@ -247,16 +138,14 @@ class MambaModule(L.LightningModule):
             skip = p.ndim < 2 or getattr(p, "_no_weight_decay", False)
             (no_decay if skip else decay).append(p)
         groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
         # fused AdamW on a GPU, unless a loss scaler (16-mixed) must unscale before clipping
         fused = self.device.type == "cuda" and _loss_scaler(self.trainer) is None
-        optimizer = torch.optim.AdamW(
-            groups, lr=self.hparams.lr, betas=self.hparams.betas, fused=fused
-        )
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        schedule = warmup_cosine(self.warmup_steps, total, self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
@@ -284,63 +173,129 @@ class MambaModule(L.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    # ------------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
+
+class LanguageModelling(MambaModule):
+    """Next-token prediction: loss and accuracy over the targets that are not IGNORE_INDEX,
+    perplexity in validation. `predict` continues each input by 32 greedy tokens."""
+
+    def __init__(
         self,
-        prompt: Tensor,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-    ) -> Tensor:
-        """Continue token ids (B, L) by max_new_tokens, carrying the recurrent state.
+        net: MambaLM,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        kernels: Policy = "require",
+        cuda_graphs: Setting = "auto",
+    ):
+        super().__init__(
+            net, lr, weight_decay, betas, warmup_steps, min_lr_ratio, kernels, cuda_graphs
+        )
+        metrics = torchmetrics.MetricCollection(
+            {
+                "acc": torchmetrics.Accuracy(
+                    "multiclass", num_classes=net.vocab_size, ignore_index=IGNORE_INDEX
+                ),
+                "ppl": torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
-        The prompt runs through the parallel (chunked) forward once, which leaves each layer's
-        conv and SSM state behind; every new token is then one recurrent step. temperature 0
-        is greedy decoding.
-        """
-        if self.hparams.task != "language_model":
-            raise ValueError("generate() needs task=language_model")
-        batch, length = prompt.shape
-        params = InferenceParams(max_seqlen=length + max_new_tokens, max_batch_size=batch)
-        logits = self(prompt, inference_params=params)[:, -1]  # (B, V)
-        tokens = [prompt]
-        for _ in range(max_new_tokens):
-            logits = logits[:, : self.hparams.vocab_size].float()
-            if temperature > 0:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                token = torch.multinomial(logits.softmax(-1), 1)
-            else:
-                token = logits.argmax(-1, keepdim=True)  # (B, 1)
-            tokens.append(token)
-            params.seqlen_offset += tokens[-2].shape[1]
-            logits = self(token, inference_params=params)[:, -1]
-        return torch.cat(tokens, dim=1)
+    def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
+        hidden = self.net.backbone(inputs)  # (B, L, D)
+        loss, correct = linear_cross_entropy(
+            hidden, self.net.output_weight, targets, IGNORE_INDEX
+        )
+        return loss, correct / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, revision: str | None = None, **overrides):
-        """A language model initialised from a pretrained checkpoint (see `init_from`).
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        self.batch_tokens = inputs.numel()
+        loss, accuracy = self.train_loss(inputs, targets)
+        self.log("train/acc", accuracy, on_step=True, on_epoch=False, sync_dist=True)
+        self.log_loss("train", loss, len(targets))
+        return loss
 
-        `overrides` are any other constructor arguments, e.g. backbone=BackboneConfig(impl=...)
-        or vocab_size (a tokenizer's, which may differ from the checkpoint's by padding only).
-        """
-        return cls(init_from=name_or_path, init_revision=revision, **overrides)
+    def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
+        inputs, targets = batch
+        logits = self.net(inputs).float()  # (B, L, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
+        metrics["ppl"].update(logits, targets)
+        self.log_loss(metrics.prefix.rstrip("/"), loss, len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
 
-    def save_pretrained(self, directory: str, format: Literal["mamba_ssm", "hf"] = "mamba_ssm"):
-        """Write a folder that mamba-ssm's or HF's `from_pretrained` loads (and ours too)."""
-        return save(self, directory, format)
+    def validation_step(self, batch, batch_idx):
+        self.evaluate(batch, self.val_metrics)
 
-    @classmethod
-    def load_for_device(cls, checkpoint_path: str, impl: str = "auto", **kwargs):
-        """Load a checkpoint with another backbone implementation (e.g. fused -> reference)."""
-        # mmap: only the hyperparameters are read here; load_from_checkpoint reads the weights
-        hparams = torch.load(checkpoint_path, map_location="cpu", weights_only=False, mmap=True)
-        saved = hparams["hyper_parameters"]["backbone"]  # the CLI's checkpoints: a dict
-        config = {**saved, "impl": impl} if isinstance(saved, dict) else replace(saved, impl=impl)
-        return cls.load_from_checkpoint(checkpoint_path, backbone=config, **kwargs)
+    def test_step(self, batch, batch_idx):
+        self.evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch, batch_idx):
+        """Each input (B, L) continued by 32 greedy tokens: (B, L + 32)."""
+        return self.net.generate(batch[0], max_new_tokens=32)
+
+
+class Classification(MambaModule):
+    """One label per series: cross-entropy, with accuracy, macro F1 and AUROC.
+    `predict` returns the class probabilities (B, K)."""
+
+    def __init__(
+        self,
+        net: MambaClassifier,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        kernels: Policy = "require",
+        cuda_graphs: Setting = "auto",
+    ):
+        super().__init__(
+            net, lr, weight_decay, betas, warmup_steps, min_lr_ratio, kernels, cuda_graphs
+        )
+        kind = "binary" if net.num_classes == 2 else "multiclass"
+        args = {} if kind == "binary" else {"num_classes": net.num_classes}
+        metrics = torchmetrics.MetricCollection(
+            {
+                "acc": torchmetrics.Accuracy(kind, **args),
+                "f1": torchmetrics.F1Score(kind, average="macro", **args),
+                "auroc": torchmetrics.AUROC(kind, **args),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.net(inputs).float()  # (B, K)
+        return F.cross_entropy(logits, targets), logits
+
+    def step(self, batch, metrics: torchmetrics.MetricCollection, loss_fn) -> Tensor:
+        inputs, targets = batch
+        self.batch_tokens = inputs.shape[0] * inputs.shape[1]
+        loss, logits = loss_fn(inputs, targets)
+        scores = logits.softmax(-1)
+        metrics.update(scores[:, 1] if self.net.num_classes == 2 else scores, targets)
+        stage = metrics.prefix.rstrip("/")
+        self.log_loss(stage, loss, len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self.step(batch, self.train_metrics, self.train_loss)
+
+    def validation_step(self, batch, batch_idx):
+        self.step(batch, self.val_metrics, self.training_loss)
+
+    def test_step(self, batch, batch_idx):
+        self.step(batch, self.test_metrics, self.training_loss)
+
+    def predict_step(self, batch, batch_idx):
+        return self.net(batch[0]).float().softmax(-1)
 
 
 def _loss_scaler(trainer):
@@ -357,27 +312,3 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
-
-
-def _check_hyperparameters(
-    task, vocab_size, num_channels, num_classes, lr, weight_decay, warmup_steps, min_lr_ratio
-) -> None:
-    if task == "language_model" and not vocab_size:
-        raise ValueError(
-            f"model.task=language_model needs a vocab_size, got {vocab_size!r}; use a "
-            "language-model data module (SelectiveCopying, InductionHeads, TextFile)."
-        )
-    if task == "sequence_classification" and not (num_channels and num_classes):
-        raise ValueError(
-            f"model.task=sequence_classification needs num_channels and num_classes, got "
-            f"{num_channels!r} and {num_classes!r}; use a classification data module "
-            "(SyntheticSeries, ArrayClassification)."
-        )
-    if not lr > 0:
-        raise ValueError(f"model.lr={lr} must be > 0")
-    if weight_decay < 0:
-        raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
-    if warmup_steps < 0:
-        raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
-    if not 0 <= min_lr_ratio <= 1:
-        raise ValueError(f"model.min_lr_ratio={min_lr_ratio} must be in [0, 1]")

@@ -4,12 +4,14 @@ The published Mamba checkpoints come in two layouts, and both load into our back
 
     mamba_ssm  config.json {d_model, n_layer, vocab_size, ssm_cfg, pad_vocab_size_multiple, ...}
                + pytorch_model.bin; state_spaces/mamba-130m ... mamba2-2.7b. Its keys are ours
-               (`backbone.layers.0.mixer.in_proj.weight`, ...) because our Backbone mirrors
-               mamba-ssm's MixerModel, plus `lm_head.weight`, the embedding again (tied).
+               (`backbone.layers.0.mixer.in_proj.weight`, ...) because our MambaLM mirrors
+               mamba-ssm's MambaLMHeadModel, plus `lm_head.weight`: the embedding again when
+               `tie_embeddings` is true (the published models), its own head when false.
     hf         config.json {model_type: mamba | mamba2, hidden_size, ...} + model.safetensors
                or pytorch_model.bin, either possibly sharded with an index; the `-hf` repos.
-               The same names, but `backbone.embeddings` for our `backbone.embedding`, and no
-               `lm_head.weight` when it is tied.
+               The same names, but `backbone.embeddings` for our `backbone.embedding`; an
+               `lm_head.weight` of its own when `tie_word_embeddings` is false (HF's Mamba2
+               default), none when it is tied.
 
 A name is a local folder when one exists under that name, else a hub id: huggingface_hub fetches
 the files into its cache (under HF_HOME; on Modal a Volume, so containers fetch them once),
@@ -23,7 +25,7 @@ to reshape the weights.
 
 import json
 import math
-import re
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .backbone import BackboneConfig
+from .hub import hub_file, looks_like_path
 
 FORMATS = ("mamba_ssm", "hf")
 # in order of preference; an index lists the shards of a large checkpoint
@@ -40,7 +43,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 # mamba-ssm's module defaults, which its config.json leaves out (state-spaces/mamba-130m's
 # ssm_cfg is {}), and HF's config defaults, which a saved config.json may leave out
@@ -49,8 +51,15 @@ MAMBA_SSM_DEFAULTS = {
     "Mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1},
 }
 HF_DEFAULTS = {
-    "mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2},
-    "mamba2": {"state_size": 128, "conv_kernel": 4, "expand": 2, "n_groups": 8, "head_dim": 64},
+    "mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2, "tie_word_embeddings": True},
+    "mamba2": {
+        "state_size": 128,
+        "conv_kernel": 4,
+        "expand": 2,
+        "n_groups": 8,
+        "head_dim": 64,
+        "tie_word_embeddings": False,
+    },
 }
 # ssm_cfg entries that only shape the initialisation or pick a kernel: the weights decide
 INIT_ONLY = {
@@ -70,60 +79,6 @@ COMPUTE = {
 }
 
 
-def looks_like_path(name: str) -> bool:
-    """A name that can only be a path (./x, /x, ~/x, x.json, a/b/c), never a hub id."""
-    return name.endswith(".json") or not HUB_ID.fullmatch(name)
-
-
-def hub_file(
-    repo_id: str,
-    filename: str,
-    revision: str | None = None,
-    what: str = "checkpoint",
-    required: bool = True,
-) -> Path | None:
-    """One file of a hub repo, from huggingface_hub's cache or downloaded into it.
-
-    Returns None for a file the repo does not have (or, offline, that is not cached) unless
-    `required`; every other failure is one line that says what to do.
-    """
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    at = f"{what} {repo_id}@{revision}" if revision else f"{what} {repo_id}"
-    nowhere = f"(and there is no local folder {repo_id!r})"
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except LocalEntryNotFoundError:  # offline, or the hub is unreachable, and not in the cache
-        if not required:
-            return None
-        if constants.is_offline_mode():
-            message = (
-                f"{at}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                f"{nowhere}, and HF_HUB_OFFLINE=1 forbids downloading it; run once online, or "
-                "give a local folder"
-            )
-        else:
-            message = f"{at}: {filename} could not be downloaded and is not cached {nowhere}"
-    except EntryNotFoundError:
-        if not required:
-            return None
-        message = f"{at} has no {filename}"
-    except RepositoryNotFoundError:
-        message = f"{at} is no hub repo you can read {nowhere}; check the name"
-    except RevisionNotFoundError:
-        message = f"{at}: the repo has no revision {revision!r}; give a branch, tag or commit"
-    except HFValidationError:
-        message = f"{what} {repo_id!r} is neither an existing path nor a hub id (org/name)"
-    raise FileNotFoundError(message)
-
-
 def _read_json(path: Path, source: str) -> dict:
     try:
         return json.loads(path.read_text())
@@ -141,43 +96,49 @@ class Checkpoint:
     fixed: dict  # the BackboneConfig fields its weights fix
     vocab_size: int  # the vocabulary its config states
     rows: int  # the rows of its embedding (vocab_size padded, in mamba-ssm's format)
+    tied: bool  # whether the output head is the embedding
     chunk_size: int | None  # Mamba2's SSD chunk length, if it names one: taken unless set
     weights: list[Path]
 
-    def configure(self, given: BackboneConfig, vocab_size: int | None):
-        """The backbone config and vocabulary size for a model initialised from here."""
+    def configure(self, given: BackboneConfig, vocab_size: int | None, tie_embeddings: bool):
+        """The backbone config, vocabulary size and head tying for a model initialised here."""
         default = BackboneConfig()
         for name, value in self.fixed.items():
             mine = getattr(given, name)
             if mine != getattr(default, name) and mine != value:
                 raise ValueError(
-                    f"model.backbone.{name}={mine!r} contradicts {self.source}, whose config "
+                    f"model.net.backbone.{name}={mine!r} contradicts {self.source}, whose config "
                     f"gives {name}={value!r}; leave backbone.{name} out of the config (it comes "
                     f"from the checkpoint) or set it to {value!r}"
                 )
+        if not tie_embeddings and self.tied:  # True is the default: it follows the checkpoint
+            raise ValueError(
+                f"tie_embeddings=False contradicts {self.source}, whose output head is its "
+                "embedding; leave tie_embeddings out of the config (it comes from the checkpoint)"
+            )
         config = replace(given, **self.fixed)
         if self.chunk_size is not None and given.chunk_size == default.chunk_size:
             config = replace(config, chunk_size=self.chunk_size)
         if vocab_size is None:
-            return config, self.vocab_size
+            return config, self.vocab_size, self.tied
         if vocab_size > self.rows:
             raise ValueError(
-                f"model.vocab_size={vocab_size} (the data's tokenizer) is larger than the "
+                f"model.net.vocab_size={vocab_size} (the data's tokenizer) is larger than the "
                 f"{self.rows} token embeddings of {self.source}; ids from {self.rows} on would "
                 "have none. Use the checkpoint's own tokenizer (data.tokenizer=...)"
             )
         multiple = config.pad_vocab_size_multiple
         if math.ceil(vocab_size / multiple) * multiple < self.vocab_size:
             raise ValueError(
-                f"model.vocab_size={vocab_size} (the data's tokenizer) is smaller than the "
+                f"model.net.vocab_size={vocab_size} (the data's tokenizer) is smaller than the "
                 f"{self.vocab_size} tokens of {self.source}: its token ids would not mean what "
                 "the checkpoint learnt. Use the checkpoint's own tokenizer (data.tokenizer=..., "
                 "e.g. EleutherAI/gpt-neox-20b for the state-spaces models)"
             )
-        return config, vocab_size
+        return config, vocab_size, self.tied
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The backbone's weights under our names (no `backbone.` prefix, no output head)."""
+        """The weights under our MambaLM's names (`lm_head.weight` only when untied)."""
         state = {}
         for path in self.weights:
             if path.suffix == ".safetensors":
@@ -192,40 +153,49 @@ class Checkpoint:
         if embedding not in state:
             raise ValueError(f"{self.source}: the weights have no {embedding}; not a Mamba LM")
         head = state.pop("lm_head.weight", None)
-        if head is not None and not torch.equal(head, state[embedding]):
+        if self.tied and head is not None and not torch.equal(head, state[embedding]):
             raise ValueError(
-                f"{self.source}: lm_head.weight differs from the embedding; this model ties "
-                "its output head to the embedding (as the published checkpoints do)"
+                f"{self.source}: lm_head.weight differs from the embedding, but its config ties "
+                "them; set tie_embeddings (mamba-ssm) or tie_word_embeddings (HF) to false there"
             )
+        if not self.tied:
+            if head is None:
+                raise ValueError(
+                    f"{self.source}: its config unties the output head from the embedding, but "
+                    "the weights have no lm_head.weight; not a complete checkpoint"
+                )
+            state["lm_head.weight"] = head
         state["backbone.embedding.weight"] = state.pop(embedding)
-        return {k.removeprefix("backbone."): v for k, v in state.items()}
+        return state
 
-    def load_into(self, backbone: torch.nn.Module) -> None:
-        """Copy the weights in; the embedding's rows as far as both have them.
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy the weights into a MambaLM; the vocabulary rows as far as both have them.
 
         The rows past the vocabulary are padding that no loss or logit ever reads: a model
         with more of them keeps its fresh ones, a model with fewer leaves the extra ones out.
         """
         state = self.state_dict()
-        ours = backbone.state_dict()
+        ours = model.state_dict()
+        rowed = ("backbone.embedding.weight", "lm_head.weight")  # (vocabulary rows, d_model)
         wrong = [
             f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
             for k, v in ours.items()
-            if k != "embedding.weight" and k in state and state[k].shape != v.shape
+            if k not in rowed and k in state and state[k].shape != v.shape
         ]
         missing = sorted(set(ours) - set(state))
         unexpected = sorted(set(state) - set(ours))
         if wrong or missing or unexpected:
             raise ValueError(
-                f"{self.source}: the weights do not match the backbone its config describes "
+                f"{self.source}: the weights do not match the model its config describes "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]})"
             )
-        embedding = state.pop("embedding.weight")
-        rows = min(len(embedding), len(ours["embedding.weight"]))
         with torch.no_grad():
-            backbone.embedding.weight[:rows] = embedding[:rows]
-        state["embedding.weight"] = backbone.embedding.weight.detach()
-        backbone.load_state_dict(state, strict=True)
+            for name in rowed:
+                if name in state:
+                    rows = min(len(state[name]), len(ours[name]))
+                    ours[name][:rows] = state.pop(name)[:rows]
+                    state[name] = ours[name]
+        model.load_state_dict(state, strict=True)
 
 
 def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoint:
@@ -270,8 +240,7 @@ def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoin
     if "model_type" in config:
         return Checkpoint(name_or_path, "hf", *_from_hf(config, name_or_path), weights)
     if "d_model" in config and "n_layer" in config:
-        fixed, vocab, rows, chunk = _from_mamba_ssm(config, name_or_path)
-        return Checkpoint(name_or_path, "mamba_ssm", fixed, vocab, rows, chunk, weights)
+        return Checkpoint(name_or_path, "mamba_ssm", *_from_mamba_ssm(config, name_or_path), weights)
     raise ValueError(
         f"{name_or_path}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
         "transformers' (model_type mamba or mamba2); not a Mamba checkpoint"
@@ -283,13 +252,12 @@ def _require(ok: bool, source: str, what: str) -> None:
         raise ValueError(f"{source}: {what}; this backbone supports mamba-ssm's defaults there")
 
 
-def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, int | None]:
+def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
     ssm = dict(config.get("ssm_cfg") or {})
     mixer = ssm.pop("layer", "Mamba1")
     _require(mixer in MAMBA_SSM_DEFAULTS, source, f"ssm_cfg.layer={mixer!r} is unknown")
     _require(not config.get("attn_layer_idx"), source, "it has attention layers (a hybrid)")
     _require(config.get("rms_norm", True), source, "rms_norm=false (LayerNorm)")
-    _require(config.get("tie_embeddings", True), source, "tie_embeddings=false")
     shape, chunk = {**MAMBA_SSM_DEFAULTS[mixer]}, None
     for key, value in ssm.items():
         if key in shape:
@@ -313,11 +281,11 @@ def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, int | No
         "pad_vocab_size_multiple": multiple,
         **shape,
     }
-    vocab = config["vocab_size"]
-    return fixed, vocab, math.ceil(vocab / multiple) * multiple, chunk
+    vocab, tied = config["vocab_size"], config.get("tie_embeddings", True)
+    return fixed, vocab, math.ceil(vocab / multiple) * multiple, tied, chunk
 
 
-def _from_hf(config: dict, source: str) -> tuple[dict, int, int, int | None]:
+def _from_hf(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
     kind = config["model_type"]
     _require(kind in HF_DEFAULTS, source, f"model_type={kind!r} is not mamba or mamba2")
     get = lambda key: config.get(key, HF_DEFAULTS[kind].get(key))  # noqa: E731
@@ -354,7 +322,8 @@ def _from_hf(config: dict, source: str) -> tuple[dict, int, int, int | None]:
         _require(_same(limit, COMPUTE["dt_limit"]), source, f"time_step_limit={limit}")
         fixed.update(mixer="Mamba2", headdim=headdim, ngroups=get("n_groups"))
         chunk = config.get("chunk_size")
-    return fixed, config["vocab_size"], config["vocab_size"], chunk
+    tied = get("tie_word_embeddings")
+    return fixed, config["vocab_size"], config["vocab_size"], tied, chunk
 
 
 def _same(value, default) -> bool:
@@ -368,20 +337,16 @@ def _float(value):
     return float(value["__float__"]) if isinstance(value, dict) else value
 
 
-def save(module, directory: str | Path, format: str = "mamba_ssm") -> Path:
-    """Write `module`'s LM as a checkpoint folder in mamba-ssm's or HF's format.
+def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
+    """Write a MambaLM as a checkpoint folder in mamba-ssm's or HF's format.
 
     mamba_ssm: loads with `MambaLMHeadModel.from_pretrained(dir)` (the embedding keeps its
     padded rows, as mamba-ssm builds it). hf: loads with `MambaForCausalLM` or
-    `Mamba2ForCausalLM.from_pretrained(dir)`; the embedding is cut to the true vocabulary, so
-    HF's logits cover real tokens only. Everything is checked before anything is written.
+    `Mamba2ForCausalLM.from_pretrained(dir)`; the vocabulary rows are cut to the true
+    vocabulary, so HF's logits cover real tokens only. Everything is checked before anything
+    is written.
     """
-    hp = module.hparams
-    config: BackboneConfig = hp.backbone
-    if hp.task != "language_model":
-        raise ValueError("save_pretrained needs a task=language_model model; this is a classifier")
-    if format not in FORMATS:
-        raise ValueError(f"format={format!r} is unknown; use mamba_ssm or hf")
+    config: BackboneConfig = model.backbone.config
     if format == "hf" and config.d_intermediate:
         raise ValueError(
             f"backbone.d_intermediate={config.d_intermediate}: HF's Mamba models have no MLP "
@@ -393,26 +358,31 @@ def save(module, directory: str | Path, format: str = "mamba_ssm") -> Path:
             "(its norms always use 1e-5); export this model with format=hf"
         )
     out = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.backbone.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     if format == "mamba_ssm":
-        weights = {f"backbone.{k}": v for k, v in state.items()}
-        weights["lm_head.weight"] = weights["backbone.embedding.weight"]  # tied: stored once
-        torch.save(weights, out / "pytorch_model.bin")
-        description = _mamba_ssm_config(config, hp.vocab_size)
+        # tied: lm_head.weight is the embedding again, as MambaLMHeadModel saves it
+        state.setdefault("lm_head.weight", state["backbone.embedding.weight"])
+        torch.save(state, out / "pytorch_model.bin")
+        description = _mamba_ssm_config(config, model.vocab_size, model.tie_embeddings)
     else:
         from safetensors.torch import save_file
 
-        embedding = state.pop("embedding.weight")[: hp.vocab_size].clone()
-        weights = {"backbone.embeddings.weight": embedding}
-        weights.update({f"backbone.{k}": v for k, v in state.items()})
-        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-        description = _hf_config(config, hp.vocab_size)
+        vocab = model.vocab_size
+        state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")[:vocab]
+        if "lm_head.weight" in state:
+            state["lm_head.weight"] = state["lm_head.weight"][:vocab]
+        state = {k: v.clone() for k, v in state.items()}  # cut rows must not share storage
+        save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out / "model.safetensors", 0o666 & ~umask)  # safetensors writes it 0600
+        description = _hf_config(config, vocab, model.tie_embeddings)
     (out / "config.json").write_text(json.dumps(description, indent=2) + "\n")
     return out
 
 
-def _mamba_ssm_config(config: BackboneConfig, vocab_size: int) -> dict:
+def _mamba_ssm_config(config: BackboneConfig, vocab_size: int, tied: bool) -> dict:
     ssm_cfg = config.ssm_cfg()
     return {
         "d_model": config.d_model,
@@ -426,11 +396,11 @@ def _mamba_ssm_config(config: BackboneConfig, vocab_size: int) -> dict:
         "residual_in_fp32": config.residual_in_fp32,
         "fused_add_norm": True,
         "pad_vocab_size_multiple": config.pad_vocab_size_multiple,
-        "tie_embeddings": True,
+        "tie_embeddings": tied,
     }
 
 
-def _hf_config(config: BackboneConfig, vocab_size: int) -> dict:
+def _hf_config(config: BackboneConfig, vocab_size: int, tied: bool) -> dict:
     common = {
         "hidden_size": config.d_model,
         "num_hidden_layers": config.n_layer,
@@ -444,7 +414,7 @@ def _hf_config(config: BackboneConfig, vocab_size: int) -> dict:
         "use_conv_bias": True,
         "hidden_act": "silu",
         "time_step_rank": math.ceil(config.d_model / 16),
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": tied,
     }
     if config.mixer == "Mamba1":
         return {

@@ -33,7 +33,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
-from .launch import RUN_ID
+from .runid import RULE, is_run_id
 
 LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
 
@@ -55,10 +55,9 @@ class RunConfig:
     checkpoint_minutes: float = 10.0
 
     def __post_init__(self):
-        if self.id is not None and not RUN_ID.fullmatch(self.id):
+        if self.id is not None and not is_run_id(self.id):
             raise ValueError(
-                f"run.id={self.id!r} may hold only letters, digits, '.', '_' and '-' (at most "
-                "128, starting with a letter or digit); it names a directory. Pick such a name."
+                f"run.id={self.id!r}: use {RULE}; it names a directory. Pick such a name."
             )
         if not self.checkpoint_minutes > 0:
             raise ValueError(
@@ -78,8 +77,11 @@ def derive_run_id(config) -> str:
     for key in ("model", "data", "seed_everything"):
         value = config.get(key)
         experiment[key] = value.as_dict() if hasattr(value, "as_dict") else value
-    if isinstance(experiment["model"], dict):  # the kernel policy is not part of the experiment
-        experiment["model"] = {k: v for k, v in experiment["model"].items() if k not in POLICIES}
+    model = experiment["model"]
+    if isinstance(model, dict) and isinstance(model.get("init_args"), dict):
+        # the kernel policy and graph replay are not part of the experiment
+        args = {k: v for k, v in model["init_args"].items() if k not in POLICIES}
+        experiment["model"] = {**model, "init_args": args}
     digest = hashlib.sha256(json.dumps(experiment, sort_keys=True, default=str).encode())
     return f"{re.sub(r'[^A-Za-z0-9._-]', '-', stem)}-{digest.hexdigest()[:8]}"
 
@@ -185,7 +187,7 @@ class ContinueTensorBoard(Callback):
         if not self.pending:
             return
         self.pending = False
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs at
+        step = trainer.global_step  # the step Lightning logs at (one optimizer)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
                 marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
@@ -268,14 +270,16 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         # Registered here, after Lightning's own SIGTERM handler, which it replaces.
         self.received = self.stop = 0
+        self.stepped = trainer.global_step
         try:
             self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
             self.previous = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop._should_accumulate():
-            return
+        if trainer.global_step == self.stepped:
+            return  # a batch that only accumulated gradients: no optimizer step to save after
+        self.stepped = trainer.global_step
         last_step = 0 < trainer.max_steps <= trainer.global_step
         if at_epoch_end(trainer) and not last_step:
             self.stop_next |= trainer.should_stop

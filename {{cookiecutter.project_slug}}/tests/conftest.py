@@ -1,0 +1,48 @@
+"""What the tests share: the project's paths and the tiny model the CLI tests train."""
+
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGE = "{{ cookiecutter.package_name }}"
+LANGUAGE_MODEL = f"--model={PACKAGE}.module.LanguageModelling"
+CLASSIFIER = f"--model={PACKAGE}.module.Classification"
+
+# The smallest model the CLI tests train: the pure-PyTorch twin, one layer of d_model 16.
+# `--model=<class>` comes first: arguments given before it would belong to another class.
+TINY_BACKBONE = [
+    "--model.net.backbone.impl=reference",
+    "--model.net.backbone.d_model=16",
+    "--model.net.backbone.n_layer=1",
+    "--model.net.backbone.d_state=8",
+    "--model.net.backbone.headdim=8",
+    "--model.net.backbone.chunk_size=16",
+]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+TINY = [LANGUAGE_MODEL, *TINY_BACKBONE, *QUIET]
+TINY_CLASSIFIER = [CLASSIFIER, *TINY_BACKBONE, *QUIET]
+
+CORPUS = "the cat sat on the mat. the dog sat on the log. a cat and a dog. " * 30
+
+
+def bpe_tokenizer(path: Path, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer.json (GPT-NeoX's kind) trained offline on CORPUS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"],
+    )
+    tokenizer.train_from_iterator([CORPUS], trainer)
+    tokenizer.save(str(path))
+    return path
+
+
+@pytest.fixture
+def tokenizer_json(tmp_path) -> Path:
+    return bpe_tokenizer(tmp_path / "tokenizer.json")
