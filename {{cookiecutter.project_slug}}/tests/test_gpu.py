@@ -136,3 +136,27 @@ def test_a_batch_over_one_call_of_the_mamba2_kernels_runs_in_groups():
     assert model.samples_per_call(ids.shape[1]) == 1
     both = model(ids)
     torch.testing.assert_close(both[1:], model(ids[1:]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
+@torch.no_grad()
+def test_mamba_ssm_loads_our_export_and_we_load_its_save_with_equal_logits(mixer, tied, tmp_path):
+    """MambaLM.save_pretrained(format=mamba_ssm) is what MambaLMHeadModel.from_pretrained reads,
+    and a MambaLMHeadModel's save_pretrained is what MambaLM.from_pretrained reads."""
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    from {{ cookiecutter.package_name }}.model import MambaLM
+
+    torch.manual_seed(0)
+    ours = MambaLM(config(mixer, "fused"), vocab_size=1000, tie_embeddings=tied).cuda().eval()
+    ours.save_pretrained(tmp_path / "ours", format="mamba_ssm")
+    theirs = MambaLMHeadModel.from_pretrained(str(tmp_path / "ours"), device="cuda").eval()
+    assert theirs.config.tie_embeddings == tied
+    ids = torch.randint(0, 1000, (2, 300), device="cuda")
+    want = ours(ids)
+    torch.testing.assert_close(theirs(ids).logits[..., :1000], want, rtol=1e-4, atol=1e-4)
+    theirs.save_pretrained(str(tmp_path / "theirs"))
+    back = MambaLM.from_pretrained(str(tmp_path / "theirs"), impl="fused").cuda().eval()
+    assert back.tie_embeddings == tied
+    torch.testing.assert_close(back(ids), want, rtol=0, atol=0)
