@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -345,7 +346,7 @@ def modal_command(
     HF Volume through HF_HOME."""
     if bool(run_id) == bool(pretrained):
         raise ValueError("give one of --run-id (a run in the runs Volume) and --pretrained")
-    command = ["python", "-m", __package__, "evaluate", f"--tasks={tasks}"]
+    command = [sys.executable, "-m", __package__, "evaluate", f"--tasks={tasks}"]
     if run_id:
         command.append(f"--ckpt_path={runs / run_id / 'checkpoints' / f'{checkpoint}.ckpt'}")
     else:
