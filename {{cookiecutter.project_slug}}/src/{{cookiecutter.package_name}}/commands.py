@@ -14,6 +14,8 @@ import importlib
 import json
 import sys
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -56,11 +58,18 @@ def export(argv: list[str]) -> None:
 
 
 def generate(argv: list[str]) -> None:
-    """Continue prompts with a trained or pretrained language model, through its recurrent state."""
+    """Continue prompts with a trained or pretrained language model, through its recurrent state.
+
+    The prompts are decoded --batch_size at a time (prompts of different lengths in one batch
+    each get the tokens they get alone); a single prompt is printed token by token as it is
+    generated. At the end one line on stderr gives the time to the first token and the rate.
+    """
     from .data.text import TextTokenizer
     from .hub import hub_file, looks_like_path
 
-    parser = CommandParser(prog=f"python -m {__package__} generate")
+    parser = CommandParser(
+        prog=f"python -m {__package__} generate", description=generate.__doc__.split("\n")[0]
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", help="a .ckpt written by fit")
     source.add_argument("--pretrained", help="a checkpoint folder or hub id")
@@ -76,18 +85,34 @@ def generate(argv: list[str]) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
     parser.add_argument("--top_k", type=int, default=None, help="sample from the k likeliest")
+    parser.add_argument(
+        "--top_p", type=float, default=None, help="sample from the likeliest tokens worth p"
+    )
+    parser.add_argument("--batch_size", type=int, default=16, help="prompts decoded together")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="what the matrices multiply in (bf16: under torch.autocast); auto: bf16 on a GPU, "
+        "fp32 on a CPU",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
     args = parser.parse_args(argv)
-    if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k or 1) < 1:
+    if min(args.max_new_tokens, args.top_k or 1, args.batch_size) < 1 or args.temperature < 0:
         raise ValueError(
-            f"--max_new_tokens={args.max_new_tokens}, --temperature={args.temperature} and "
-            f"--top_k={args.top_k} must be >= 1, >= 0 and >= 1"
+            f"--max_new_tokens={args.max_new_tokens}, --top_k={args.top_k} and "
+            f"--batch_size={args.batch_size} must be >= 1, and --temperature="
+            f"{args.temperature} >= 0"
         )
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p={args.top_p} must be in (0, 1]; 1 keeps every token")
     if args.prompts_file is not None:
         if not Path(args.prompts_file).is_file():
             raise FileNotFoundError(f"--prompts_file={args.prompts_file}: no such file")
         texts = [line for line in Path(args.prompts_file).read_text().splitlines() if line]
+        if not texts:
+            raise ValueError(f"--prompts_file={args.prompts_file} holds no prompt; one per line")
     else:
         texts = args.prompt
     spec = args.tokenizer
@@ -118,16 +143,89 @@ def generate(argv: list[str]) -> None:
             f"--tokenizer={spec} has {tokenizer.vocab_size} tokens, more than the model's "
             f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
         )
-    if model.backbone.impl == "fused":
-        model.cuda()
-    torch.manual_seed(args.seed)
-    for i, text in enumerate(texts):
-        ids = tokenizer.encode(text)
+    prompts = [tokenizer.encode(text) for text in texts]
+    for i, ids in enumerate(prompts):
         if not ids:
             raise ValueError(f"prompt {i + 1} encodes to no tokens; give it some text")
-        prompt = torch.tensor([ids], device=next(model.parameters()).device)  # (1, L)
-        out = model.generate(prompt, args.max_new_tokens, args.temperature, args.top_k)
-        print(("\n" if i else "") + tokenizer.decode(out[0].tolist()), flush=True)
+    gpu = model.backbone.impl == "fused"
+    device = torch.device("cuda" if gpu else "cpu")
+    model.to(device).eval()
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and gpu)
+    sampling = (args.temperature, args.top_k, args.top_p)
+    torch.manual_seed(args.seed)
+    start, first = time.perf_counter(), None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(prompts), args.batch_size):
+            batch = [torch.tensor(ids, device=device) for ids in prompts[i : i + args.batch_size]]
+            steps = model.stream(batch, args.max_new_tokens, *sampling)
+            shown = Shown(tokenizer, prompts[0]) if len(prompts) == 1 else None
+            new = [[] for _ in batch]
+            for tokens in _on_host(steps):
+                first = first or time.perf_counter()
+                for row, token in zip(new, tokens, strict=True):
+                    row.append(token)
+                if shown is not None:
+                    shown.update(new[0])
+            if shown is not None:
+                shown.close()
+                continue
+            for j, row in enumerate(new):
+                text = tokenizer.decode(prompts[i + j] + row)
+                print(("\n" if i + j else "") + text, flush=True)
+    took = time.perf_counter() - start
+    count = len(prompts) * args.max_new_tokens
+    print(
+        f"generated {count} tokens for {len(prompts)} prompt(s) in {took:.2f} s: first token "
+        f"after {(first - start) * 1e3:.0f} ms, {count / took:.0f} tokens/s "
+        f"({'bf16' if bf16 else 'fp32'}, batches of up to {args.batch_size})",
+        file=sys.stderr,
+    )
+
+
+class Shown:
+    """A prompt's text and its continuation on stdout, as the tokens come.
+
+    The text of all tokens so far is decoded again at each token and what is new is printed,
+    except a trailing incomplete UTF-8 character (a byte tokenizer emits one byte at a time).
+    """
+
+    def __init__(self, tokenizer, prompt: list[int]):
+        self.tokenizer, self.prompt, self.printed, self.new = tokenizer, prompt, "", []
+        self.update([])
+
+    def update(self, new: list[int], final: bool = False) -> None:
+        self.new = new
+        text = self.tokenizer.decode(self.prompt + new)
+        if text.endswith("\ufffd") and not final:
+            return
+        print(text[len(self.printed) :], end="", flush=True)
+        self.printed = text
+
+    def close(self) -> None:
+        self.update(self.new, final=True)
+        print(flush=True)
+
+
+def _on_host(steps: Iterator[torch.Tensor]) -> Iterator[list[int]]:
+    """Each step's tokens (B, 1) as B ints. On a GPU a step after the first is read one step
+    late: the next is already queued when it is copied, so the GPU never waits for the host."""
+    pending = deque()
+    for step, tokens in enumerate(steps):
+        done = None
+        copy = tokens[:, 0].to("cpu", non_blocking=True)  # pinned memory, from a GPU
+        if tokens.is_cuda:
+            done = torch.cuda.Event()
+            done.record()
+        pending.append((copy, done))
+        while len(pending) > (1 if step else 0):  # the first at once: the time to first token
+            copy, done = pending.popleft()
+            if done is not None:
+                done.synchronize()
+            yield copy.tolist()
+    for copy, done in pending:
+        if done is not None:
+            done.synchronize()
+        yield copy.tolist()
 
 
 def parse_lengths(text: str) -> list[int]:

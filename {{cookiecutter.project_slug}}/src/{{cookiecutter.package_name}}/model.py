@@ -13,13 +13,16 @@ checkpoints are) or a separate `lm_head` (untied, as HF's Mamba2 defaults and Co
 Training lives elsewhere (module.py): this class knows nothing of optimisers or Lightning.
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import generation
 from .backbone import Backbone, BackboneConfig, InferenceParams
+from .generation import Sampling, sample_token  # noqa: F401 (sample_token: importable from here)
 from .pretrained import read_checkpoint, save
 
 
@@ -91,33 +94,46 @@ class MambaLM(nn.Module):
         return F.linear(hidden, self.output_weight)  # (B, L, V)
 
     # ------------------------------------------------------------------------ generation
-    @torch.no_grad()
     def generate(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | Sequence[Tensor],
         max_new_tokens: int,
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
-    ) -> Tensor:
+        cuda_graph: bool = True,
+    ) -> Tensor | list[Tensor]:
         """Continue token ids (B, L) by max_new_tokens: (B, L + max_new_tokens).
 
-        The prompt runs through the parallel (chunked) forward once, which leaves each layer's
-        conv and SSM state behind; every new token is then one recurrent step. temperature 0
-        is greedy decoding; otherwise tokens are drawn from the softmax at that temperature,
-        restricted to the top_k likeliest and to the smallest set whose probability reaches
-        top_p. Draws use torch's global generator: seed it with torch.manual_seed.
+        input_ids may also be a list of 1-D prompts of different lengths; each gets the tokens
+        it would get alone, and the result is the list of each prompt with its new tokens.
+        The prompts run through the parallel (chunked) forward once, which leaves each layer's
+        conv and SSM state behind; every new token is then one recurrent step, replayed from a
+        CUDA graph on a GPU (cuda_graph=False: run it eagerly). temperature 0 is greedy
+        decoding; otherwise tokens are drawn from the softmax at that temperature, restricted
+        to the top_k likeliest and to the smallest set whose probability reaches top_p. Draws
+        use torch's global generator: seed it with torch.manual_seed. Under torch.autocast
+        the matrices multiply in autocast's dtype, and the recurrent states are kept in it.
         """
-        batch, length = input_ids.shape
-        params = InferenceParams(max_seqlen=length + max_new_tokens, max_batch_size=batch)
-        logits = self(input_ids, inference_params=params)[:, -1]  # (B, V)
-        tokens = [input_ids]
-        for _ in range(max_new_tokens):
-            token = sample_token(logits.float(), temperature, top_k, top_p)  # (B, 1)
-            tokens.append(token)
-            params.seqlen_offset += tokens[-2].shape[1]
-            logits = self(token, inference_params=params)[:, -1]
-        return torch.cat(tokens, dim=1)
+        steps = self.stream(input_ids, max_new_tokens, temperature, top_k, top_p, cuda_graph)
+        new = torch.cat(list(steps), dim=1)  # (B, max_new_tokens)
+        if isinstance(input_ids, Tensor):
+            return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+        rows = zip(input_ids, new, strict=True)
+        return [torch.cat([prompt, row.to(prompt.device)]) for prompt, row in rows]
+
+    def stream(
+        self,
+        input_ids: Tensor | Sequence[Tensor],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cuda_graph: bool = True,
+    ) -> Iterator[Tensor]:
+        """generate's new tokens as they come: (B, 1) per step, on the model's device."""
+        sampling = Sampling(temperature, top_k, top_p)
+        return generation.stream(self, input_ids, max_new_tokens, sampling, cuda_graph)
 
     # ------------------------------------------------------------------ pretrained weights
     @classmethod
@@ -142,21 +158,3 @@ class MambaLM(nn.Module):
         model.safetensors, for MambaForCausalLM / Mamba2ForCausalLM).
         """
         return save(self, directory, format)
-
-
-def sample_token(
-    logits: Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
-) -> Tensor:
-    """One token per row of logits (B, V): the argmax at temperature 0, else a draw."""
-    if temperature <= 0:
-        return logits.argmax(-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)  # mass ahead of each
-        ordered = ordered.masked_fill(before >= top_p, float("-inf"))  # the first always stays
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
-    return torch.multinomial(logits.softmax(-1), 1)
