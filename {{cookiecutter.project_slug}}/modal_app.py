@@ -419,6 +419,38 @@ def extrapolate(run_id: str, lengths: str = "2^6..2^20", checkpoint: str = "last
         raise SystemExit(code)  # the command printed its one-line reason
 
 
+@app.function(
+    gpu=GPUS, timeout=4 * 3600, volumes={str(MOUNTS.runs): runs_volume, str(MOUNTS.hf): hf_volume}
+)
+def evaluate(
+    tasks: str,
+    run_id: str = "",
+    checkpoint: str = "best",
+    pretrained: str = "",
+    tokenizer: str = "",
+    limit: str = "",
+) -> None:
+    """lm-evaluation-harness scores of a run's checkpoint, or of published weights.
+
+    `modal run modal_app.py::evaluate --run-id <id> --tasks lambada_openai` writes lm-eval's
+    results JSON into the run's folder in the runs Volume (runs/eval/<name> for --pretrained);
+    weights, tokenizers and task data are fetched once into the Hugging Face cache Volume.
+    """
+    from {{ cookiecutter.package_name }}.evaluate import modal_command
+
+    try:
+        where = (MOUNTS.runs, run_id, checkpoint, pretrained)
+        command = modal_command(tasks, *where, tokenizer=tokenizer, limit=limit)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    code = subprocess.run(command, cwd=HERE, env=package_env()).returncode
+    runs_volume.commit()
+    hf_volume.commit()
+    if code != 0:
+        raise SystemExit(code)  # the command printed its one-line reason
+
+
 # --- Data and TensorBoard --------------------------------------------------------------------
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
-
 from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE
+from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import float64_works, main
 
@@ -72,9 +71,9 @@ ARGUMENTS = {
     "negative_weight_decay": (["--model.weight_decay=-1"], "weight_decay=-1.0 must be >= 0"),
     "negative_warmup": (["--model.warmup_steps=-5"], "warmup_steps=-5 must be >= 0"),
     "min_lr_ratio_above_one": (["--model.min_lr_ratio=2"], "min_lr_ratio=2.0 must be in [0, 1]"),
-    "unknown_pooling": (["--model.net.pooling=max"], "Got value: max"),
+    "pooling_on_a_language_model": (["--model.net.pooling=max"], "'pooling' is not accepted"),
     "unknown_kernel_policy": (["--model.kernels=sometimes"], "Got value: sometimes"),
-    "vocab_set_on_the_model": (["--model.net.vocab_size=9"], "data.vocab_size --> model"),
+    "classes_on_a_language_model": (["--model.net.num_classes=3"], "'num_classes' is not"),
     "run_id_with_a_path": (["--run.id=../other"], "run.id='../other': use only letters"),
     "run_id_with_a_space": (["--run.id=my run"], "run.id='my run': use only letters"),
     "run_id_starting_with_a_dot": (["--run.id=.hidden"], "run.id='.hidden': use only letters"),
@@ -303,9 +302,15 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model.net.backbone.d_model=32"], "backbone.embedding.weight is (16, 16) there, (16, 32)"),
-        (["--model.net.backbone.n_layer=2"], "it has no backbone.layers.1."),
-        (["--data.num_symbols=16"], "backbone.embedding.weight is (16, 16) there, (24, 16) here"),
+        (
+            ["--model.net.backbone.d_model=32"],
+            "net.backbone.embedding.weight is (16, 16) there, (16, 32)",
+        ),
+        (["--model.net.backbone.n_layer=2"], "it has no net.backbone.layers.1."),
+        (
+            ["--data.num_symbols=16"],
+            "net.backbone.embedding.weight is (16, 16) there, (24, 16) here",
+        ),
     ],
     ids=["wider", "deeper", "larger_vocabulary"],
 )

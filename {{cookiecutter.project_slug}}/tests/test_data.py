@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import CORPUS, bpe_tokenizer
 
 from {{ cookiecutter.package_name }}.data import (
@@ -266,6 +265,7 @@ def test_text_rejects_bad_data_naming_the_problem(tmp_path, files, kwargs, messa
 
 
 # Tokenized text
+
 
 def test_tokenized_text_windows_are_the_tokenizer_ids_in_a_uint16_cache(tmp_path):
     from tokenizers import Tokenizer

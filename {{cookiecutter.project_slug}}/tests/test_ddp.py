@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, QUIET, TINY_BACKBONE
-
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 SAMPLES = 64
 BATCH = 4  # per process; the one-process run uses 2 * BATCH

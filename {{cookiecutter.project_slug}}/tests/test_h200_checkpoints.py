@@ -51,7 +51,9 @@ def test_an_h200_checkpoint_resumes_on_the_cpu_where_the_gpu_stopped(mixer, tmp_
             f"--run.root={tmp_path}",
         ]
     )
-    assert cli.model.net.backbone.impl == "reference" and cli.model.net.backbone.config.mixer == mixer
+    assert (
+        cli.model.net.backbone.impl == "reference" and cli.model.net.backbone.config.mixer == mixer
+    )
     assert start["weights"].keys() == saved["state_dict"].keys()
     for name, value in saved["state_dict"].items():
         assert torch.equal(start["weights"][name], value), name

@@ -5,7 +5,6 @@ and the fix. Needs neither Modal nor torch: these are the checks of the laptop s
 from pathlib import Path
 
 import pytest
-
 from conftest import PACKAGE, PROJECT
 
 from {{ cookiecutter.package_name }} import launch

@@ -58,6 +58,8 @@ EXPECTED_PINS = {
     "tokenizers": "0.23.3",
     "safetensors": "0.8.0",
     "transformers": "5.24.0",
+    "datasets": "5.2.0",
+    "lm-eval": "0.4.13",
 }
 EXPECTED_ORDER = [
     "torch",
@@ -66,6 +68,7 @@ EXPECTED_ORDER = [
     "mamba-ssm",
     "kernel import check",
     "training dependencies",
+    "evaluation and hub data",
 ]
 
 # Overrides of a shipped config: small enough to train a few steps on CPU in seconds.
@@ -861,4 +864,20 @@ def test_extrapolate_evaluates_a_run_of_the_runs_volume_at_other_lengths(
         modal_app.extrapolate.local("no-such-run", "32")
     assert stop.value.code == 2 and "no such file" in capfd.readouterr().err
     gpus = [gpu for gpu, _ in modal_app.extrapolate.info().gpus]
+    assert gpus == [g.upper() for g in modal_app.GPUS]
+
+
+def test_evaluate_needs_a_run_or_pretrained_weights_and_asks_for_the_training_gpus(
+    monkeypatch, tmp_path, capfd
+):
+    pytest.importorskip("lm_eval", reason="evaluate needs the eval extra")
+    from {{ cookiecutter.package_name }}.evaluate import modal_command
+
+    monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(runs=tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        modal_app.evaluate.local("lambada_openai")
+    assert stop.value.code == 2 and "give one of --run-id" in capfd.readouterr().err
+    command = modal_command("lambada_openai", tmp_path, run_id="lm", checkpoint="last")
+    assert command[-1] == f"--ckpt_path={tmp_path / 'lm' / 'checkpoints' / 'last.ckpt'}"
+    gpus = [gpu for gpu, _ in modal_app.evaluate.info().gpus]
     assert gpus == [g.upper() for g in modal_app.GPUS]

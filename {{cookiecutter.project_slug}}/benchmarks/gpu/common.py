@@ -186,7 +186,7 @@ def fit_setup(
 def lightning_fit(
     mixer, impl, batch, length, warmup, steps, clip=1.0, profile=False, cuda_graphs="auto"
 ) -> dict:
-    """(a)/(d): our LanguageModelling through Lightning's Trainer, as `python -m ... fit` runs it."""
+    """(a)/(d): our LanguageModelling in Lightning's Trainer, as `python -m ... fit` runs it."""
     timer = _Timer(warmup)
     model, loader, trainer = fit_setup(
         mixer, impl, batch, length, warmup + steps, clip, timer, cuda_graphs=cuda_graphs

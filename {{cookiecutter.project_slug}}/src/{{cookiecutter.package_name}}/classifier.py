@@ -1,6 +1,6 @@
 """The sequence classifier: a Mamba backbone over real-valued series. Plain PyTorch.
 
-    (B, L, C) -> input projection -> backbone -> pooling over time -> class logits (B, K)
+(B, L, C) -> input projection -> backbone -> pooling over time -> class logits (B, K)
 """
 
 from dataclasses import asdict

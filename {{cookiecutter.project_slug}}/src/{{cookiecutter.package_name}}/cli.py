@@ -11,6 +11,8 @@ Every run has an id (`--run.id`, or one derived from the config) and lives in
 restart never silently begins from scratch.
 """
 
+import logging
+import os
 import sys
 import time
 import traceback
@@ -21,9 +23,9 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.accelerators import MPSAccelerator
-from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -43,15 +45,37 @@ from .runs import (
     Interrupted,
     LastCheckpoint,
     RunConfig,
+    RunLock,
     TimedCheckpoint,
     derive_run_id,
     other_model,
+    protect_standard_streams,
     resume_checkpoint,
     unreadable,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}"
+OVERVIEW = (
+    "Train and use a Mamba model. Lightning's commands: fit (train; resumes the run's own "
+    "last.ckpt), validate, test, predict (evaluate a --ckpt_path; they write nothing). Commands "
+    "that use a trained model: generate (continue prompts), export (mamba-ssm or HF format), "
+    "extrapolate (accuracy at other lengths), evaluate (lm-evaluation-harness tasks). "
+    "`python -m {package} <command> --help` for each."
+)
+LOCKS: list[RunLock] = []  # the runs this process holds; main() releases them
+
+
+def not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning logs a tip for its cloud logger on every run; it says nothing about the run."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Leave out what is not about this run: the tip above, and torch's deprecation warning
+    for Lightning's own use of LeafSpec (once per process, four times under DDP)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def default_precision() -> str:
@@ -195,7 +219,9 @@ class MambaCLI(LightningCLI):
         undo = UndoFailedStart(run_dir, log_dir)  # before anything below can write there
         ckpt_dir = run_dir / "checkpoints"
         self.resume_from = None
-        if self.subcommand == "fit" and config.get("ckpt_path") is None:
+        if self.subcommand != "fit":
+            return self.instantiate_evaluation_trainer(trainer, kwargs)
+        if config.get("ckpt_path") is None:
             self.resume_from = resume_checkpoint(ckpt_dir)
         mixer = self.model.net.backbone.config.mixer
         kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
@@ -246,6 +272,17 @@ class MambaCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
+    def instantiate_evaluation_trainer(self, trainer, kwargs):
+        """validate, test and predict read a checkpoint and print: no run folder, no files."""
+        self.save_config_callback = None  # config.yaml belongs to the fit that made the run
+        mixer = self.model.net.backbone.config.mixer
+        kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
+        if trainer.get("precision") is None:
+            kwargs["precision"] = default_precision()
+        if trainer.get("logger") is None:
+            kwargs["logger"] = False
+        return super().instantiate_trainer(**kwargs)
+
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
         resumed = self.resume_from or self.given_checkpoint
@@ -254,6 +291,10 @@ class MambaCLI(LightningCLI):
                 f"{resumed} holds another model than this config builds ({problem}); resume "
                 "with the model config it was trained with, or start afresh under a new --run.id."
             )
+        if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+            lock = RunLock(self.run_dir)  # the launching process; DDP's other ranks join it
+            lock.acquire()  # refused while another process trains this run
+            LOCKS.append(lock)
         if self.resume_from is not None:
             # the run's own checkpoint directory is meant to be reused: no warning about it
             warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
@@ -261,6 +302,28 @@ class MambaCLI(LightningCLI):
             self.config_init.fit["ckpt_path"] = str(self.resume_from)
         else:
             rank_zero_info(f"run {self.run_id}: writing to {self.run_dir}")
+
+    def after_fit(self):
+        """One summary: where the run ended, its last validation, the best checkpoint, curves."""
+        trainer = self.trainer
+        metrics = trainer.callback_metrics
+        shown = ", ".join(
+            f"{name} {float(metrics[name]):.4g}" for name in sorted(metrics) if "val/" in name
+        )
+        best = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)
+        lines = [
+            f"run {self.run_id}: finished at step {trainer.global_step}"
+            + (f"; last validation: {shown}" if shown else "")
+        ]
+        if best is not None and best.best_model_path:
+            lines.append(
+                f"best checkpoint ({best.monitor} {float(best.best_model_score):.4g}): "
+                f"{best.best_model_path}"
+            )
+        lines.append(f"last checkpoint: {self.run_dir / 'checkpoints' / LAST}")
+        if trainer.logger is not None:
+            lines.append(f"curves: tensorboard --logdir {trainer.logger.log_dir}")
+        rank_zero_info("\n".join(lines))
 
 
 def input_error(err: BaseException) -> str | None:
@@ -329,8 +392,10 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
     signal number for a run stopped by SIGINT/SIGTERM after saving last.ckpt.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    protect_standard_streams()  # a closed pipe (`| tee`) must not stop a run mid-save
+    quiet_lightning()
     try:
-        if argv and argv[0] in COMMANDS:  # generate, export, extrapolate: no Trainer involved
+        if argv and argv[0] in COMMANDS:  # generate, export, ...: no Trainer involved
             COMMANDS[argv[0]](argv[1:])
             return None
         cli = MambaCLI(
@@ -339,7 +404,11 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},  # a refused argument is one line, see below
+            parser_kwargs={  # exit_on_error: a refused argument is one line, see below
+                "exit_on_error": False,
+                "prog": f"python -m {__package__}",
+                "description": OVERVIEW.format(package=__package__),
+            },
             args=args,
             auto_configure_optimizers=False,
         )
@@ -353,6 +422,10 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        for lock in LOCKS:
+            lock.release()
+        LOCKS.clear()
     leave_process_group()
     return cli
 

@@ -1,8 +1,10 @@
-"""The commands beside Lightning's: `generate` (prompts in, text out), `export`, `extrapolate`.
+"""The commands beside Lightning's: `generate` (prompts in, text out), `export`, `extrapolate`,
+`evaluate` (lm-evaluation-harness, evaluate.py).
 
     python -m {{ cookiecutter.package_name }} generate --ckpt_path runs/<id>/checkpoints/last.ckpt --prompt "Once"
     python -m {{ cookiecutter.package_name }} export --ckpt_path <ckpt> --format hf --out exported/
     python -m {{ cookiecutter.package_name }} extrapolate --ckpt_path <ckpt> --lengths 2^6..2^20
+    python -m {{ cookiecutter.package_name }} evaluate --ckpt_path <ckpt> --tasks lambada_openai
 
 They load a model and use it; no Trainer is involved. cli.main runs them and turns a bad input
 into one line and exit 2, as for fit.
@@ -368,4 +370,17 @@ def extrapolate(argv: list[str]) -> None:
         print(f"wrote {args.out}")
 
 
-COMMANDS = {"export": export, "extrapolate": extrapolate, "generate": generate}
+def evaluate(argv: list[str]) -> None:
+    """lm-evaluation-harness scores (evaluate.py; imported here only when asked for, since
+    lm-eval is an extra and slow to import)."""
+    from .evaluate import evaluate as run
+
+    run(argv)
+
+
+COMMANDS = {
+    "evaluate": evaluate,
+    "export": export,
+    "extrapolate": extrapolate,
+    "generate": generate,
+}

@@ -54,7 +54,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(
-    hidden: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100, chunk_size: int = 4096
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    ignore_index: int = -100,
+    chunk_size: int = 4096,
 ) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, and the number of hits.
 
@@ -66,6 +70,9 @@ def linear_cross_entropy(
         hidden = hidden.to(torch.get_autocast_dtype(hidden.device.type))
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(
-            hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), chunk_size,
+            hidden.reshape(-1, hidden.shape[-1]),
+            weight,
+            targets.reshape(-1),
+            chunk_size,
             ignore_index,
         )

@@ -206,9 +206,7 @@ class LanguageModelling(MambaModule):
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
         hidden = self.net.backbone(inputs)  # (B, L, D)
-        loss, correct = linear_cross_entropy(
-            hidden, self.net.output_weight, targets, IGNORE_INDEX
-        )
+        loss, correct = linear_cross_entropy(hidden, self.net.output_weight, targets, IGNORE_INDEX)
         return loss, correct / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     def training_step(self, batch, batch_idx):

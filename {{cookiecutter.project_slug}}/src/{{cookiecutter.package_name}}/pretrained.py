@@ -240,7 +240,9 @@ def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoin
     if "model_type" in config:
         return Checkpoint(name_or_path, "hf", *_from_hf(config, name_or_path), weights)
     if "d_model" in config and "n_layer" in config:
-        return Checkpoint(name_or_path, "mamba_ssm", *_from_mamba_ssm(config, name_or_path), weights)
+        return Checkpoint(
+            name_or_path, "mamba_ssm", *_from_mamba_ssm(config, name_or_path), weights
+        )
     raise ValueError(
         f"{name_or_path}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
         "transformers' (model_type mamba or mamba2); not a Mamba checkpoint"

@@ -7,18 +7,28 @@ A run lives in `<run.root>/<id>/` and its checkpoints in `checkpoints/` there:
     best.ckpt       the best validation accuracy so far
 
 Every file is written to `<name>.tmp`, flushed to disk, then renamed over `<name>`: a rename
-is atomic, so a kill at any moment leaves either the old or the new file, never half of one.
+is atomic, so a kill at any moment leaves either the old or the new file, never half of one,
+and never none: previous.ckpt is made as a second name (a hard link) of the old last.ckpt
+before the new one replaces it, so last.ckpt itself is never missing.
+A run is held by one process at a time: `fit` takes an advisory lock on `<run>/.lock`, which
+the operating system releases when the process ends, however it ends (kill -9 included).
 On SIGINT (Ctrl-C, Modal's preemption notice) or SIGTERM the run finishes its current
 optimizer step, writes last.ckpt and exits with 128 + the signal number, so a platform that
 retries non-zero exits (Modal does) starts it again, and the restart resumes.
 """
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
+import sys
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -100,13 +110,98 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         if path.name == LAST and path.exists():
-            os.replace(path, path.with_name(PREVIOUS))
-        os.replace(tmp, path)
+            keep = path.with_name(PREVIOUS + ".tmp")
+            keep.unlink(missing_ok=True)
+            try:  # a second name for the current last.ckpt: no copy, and last.ckpt stays
+                os.link(path, keep)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(path, keep)
+            os.replace(keep, path.with_name(PREVIOUS))
+        os.replace(tmp, path)  # last.ckpt is the old file up to this instant, the new one after
         directory = os.open(path.parent, os.O_RDONLY)
         try:  # make the renames themselves durable
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+class RunLock:
+    """`<run>/.lock`, held with flock by the one process that trains the run.
+
+    The holder writes its pid, host and start time into the file, so a refused start can say
+    who holds the run. The kernel drops the lock when the holder exits, even by kill -9, so a
+    stale file never blocks the next start.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")  # noqa: SIM115 (held open for the whole run)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise RuntimeError(
+                f"run {self.path.parent.name} is being trained by {holder} "
+                f"({self.path}); wait for it to end or stop it, or start under another --run.id"
+            ) from None
+        file.seek(0)
+        file.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the flock
+            self.file = None
+
+
+class PipeSafe:
+    """A text stream whose writes never fail: once the reader is gone, they are dropped.
+
+    `fit ... | tee log` and Ctrl-C: the shell's SIGINT stops `tee` too, and the next write to
+    stdout (the progress bar, a print) would raise BrokenPipeError in the middle of the step
+    that saves the checkpoint. With stdout and stderr wrapped, the run saves and exits as it
+    would in a terminal.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self.stream.write(text)
+            except (BrokenPipeError, ValueError, OSError):  # reader gone, or stream closed
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.broken = True
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+def protect_standard_streams() -> None:
+    """Wrap sys.stdout and sys.stderr in PipeSafe (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PipeSafe):
+            setattr(sys, name, PipeSafe(stream))
 
 
 def unreadable(path: Path) -> str | None:

@@ -116,6 +116,9 @@ class BaseDataModule(LightningDataModule):
     def test_dataloader(self) -> StatefulDataLoader:
         return self.loader("val")
 
+    def predict_dataloader(self) -> StatefulDataLoader:
+        return self.loader("val")
+
 
 class GeneratedDataModule(BaseDataModule):
     """A task generated on the fly: nothing to prepare, each loader builds a SeededDataset.

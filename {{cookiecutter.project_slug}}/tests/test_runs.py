@@ -1,0 +1,173 @@
+"""A run's folder is safe: one process at a time, last.ckpt complete at every instant, a stop
+saved whatever happens to stdout, and the commands that only read a run write nothing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY
+
+from {{ cookiecutter.package_name }} import runs
+from {{ cookiecutter.package_name }}.cli import main
+
+DATA = [
+    "--seed_everything=0",
+    f"--data={PACKAGE}.data.SelectiveCopying",
+    "--data.seq_len=24",
+    "--data.num_tokens=4",
+    "--data.batch_size=4",
+    "--data.num_train_samples=96",
+    "--data.num_val_samples=8",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+]
+
+
+def fit_process(root: Path, run_id: str, *extra: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", PACKAGE, "fit", *TINY, *DATA]
+    command += [f"--run.root={root}", f"--run.id={run_id}", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=PROJECT, env=env, text=True, **popen)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Block until `path` exists with content (the test fails if `process` ends first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.stat().st_size > 0:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"fit exited with {process.returncode} before {path} appeared")
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"{path} did not appear within {timeout} s")
+
+
+def test_last_ckpt_is_complete_when_a_save_is_cut_before_its_final_rename(tmp_path, monkeypatch):
+    """kill -9 can land between any two steps of a save; the one that matters is after the
+    old last.ckpt got its second name (previous.ckpt) and before the new one takes its place."""
+    io = runs.AtomicCheckpointIO()
+    last = tmp_path / runs.LAST
+    io.save_checkpoint({"step": 1}, last)
+    real_replace = os.replace
+
+    def killed_before_the_final_rename(src, dst):
+        if Path(dst) == last:
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", killed_before_the_final_rename)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, last)
+    assert torch.load(last, weights_only=True) == {"step": 1}  # still there, still whole
+    assert torch.load(last.with_name(runs.PREVIOUS), weights_only=True) == {"step": 1}
+    monkeypatch.setattr(runs.os, "replace", real_replace)
+    io.save_checkpoint({"step": 3}, last)
+    assert torch.load(last, weights_only=True) == {"step": 3}
+    assert torch.load(last.with_name(runs.PREVIOUS), weights_only=True) == {"step": 1}
+
+
+def test_a_second_start_of_a_running_run_is_refused_and_a_kill_9_leaves_no_stale_lock(
+    tmp_path,
+):
+    first = fit_process(tmp_path, "busy", "--trainer.max_steps=100000")
+    lock = tmp_path / "busy" / ".lock"
+    wait_for(lock, first)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", PACKAGE, "fit", *TINY, *DATA, "--trainer.max_steps=2"]
+            + [f"--run.root={tmp_path}", "--run.id=busy"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 2, second.stderr
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
+        assert errors[0].startswith("error: run busy is being trained by"), errors
+        assert f"pid {first.pid} on " in errors[0] and "another --run.id" in errors[0]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    third = fit_process(tmp_path, "busy", "--trainer.max_steps=2")
+    assert third.wait(timeout=300) == 0  # the lock died with its holder
+
+
+def test_ctrl_c_after_the_output_pipe_closed_still_saves_last_ckpt(tmp_path):
+    """`fit ... | tee log` and Ctrl-C: tee is gone when the run announces its stop."""
+    process = fit_process(tmp_path, "piped", "--trainer.max_steps=100000", stdout=subprocess.PIPE)
+    lock = tmp_path / "piped" / ".lock"
+    wait_for(lock, process)
+    time.sleep(1.0)  # inside the training loop
+    process.stdout.close()  # the reader of stdout is gone
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 128 + signal.SIGINT
+    last = tmp_path / "piped" / "checkpoints" / runs.LAST
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] > 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    args = ["fit", *TINY, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    main([*args, f"--run.root={root}", "--run.id=done"])
+    return root
+
+
+def listing(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_commands_that_read_a_checkpoint_write_nothing(command, trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = listing(trained)
+    ckpt = trained / "done" / "checkpoints" / "best.ckpt"
+    cli = main([command, *TINY, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
+    assert cli.trainer.state.finished
+    assert listing(trained) == before and not any(tmp_path.iterdir())
+
+
+def test_fit_with_a_checkpoint_of_another_size_stops_instead_of_taking_its_config(
+    trained, tmp_path, capsys
+):
+    ckpt = trained / "done" / "checkpoints" / runs.LAST
+    args = ["fit", *TINY, *DATA, "--model.net.backbone.d_model=32", f"--ckpt_path={ckpt}"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, f"--run.root={tmp_path}"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds another model than this config builds" in err[0], err
+    assert "(16, 16) there, (16, 32) here" in err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_fit_ends_with_a_summary_of_the_run(trained, caplog):
+    args = ["fit", *TINY, *DATA, "--trainer.max_steps=6", "--trainer.val_check_interval=2"]
+    main([*args, f"--run.root={trained}", "--run.id=summary"])
+    said = caplog.text
+    assert "run summary: finished at step 6; last validation: val/acc" in said
+    best = trained / "summary" / "checkpoints" / "best.ckpt"
+    assert "best checkpoint (val/acc " in said and str(best) in said
+    assert f"curves: tensorboard --logdir {trained / 'summary'}" in said
+
+
+def test_help_names_the_command_and_every_subcommand():
+    done = subprocess.run(
+        [sys.executable, "-m", PACKAGE, "--help"], cwd=PROJECT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {PACKAGE} ")
+    for command in ("fit", "validate", "test", "predict", "generate", "export", "extrapolate"):
+        assert command in done.stdout, command
+
+
+def test_no_run_prints_lightnings_cloud_logger_tip(trained, caplog):
+    main(["fit", LANGUAGE_MODEL, *TINY, *DATA, "--trainer.max_steps=1", f"--run.root={trained}"])
+    assert "Tip" not in caplog.text and "litlogger" not in caplog.text
