@@ -164,6 +164,19 @@ def test_pins_file_holds_the_expected_versions_in_install_order():
     assert STACK["torch"] == {"cuda": "12.8", "cxx11_abi": True}  # the build the wheels fit
 
 
+def test_every_declared_dependency_floor_is_the_version_the_image_pins():
+    """pyproject.toml accepts no version older than the tested one (what the image installs)."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    for line in project["project"]["dependencies"]:
+        requirement = Requirement(line)
+        pinned = EXPECTED_PINS[requirement.name + "[signatures]" * bool(requirement.extras)]
+        assert requirement.specifier.contains(pinned), line
+        floor = next(s.version for s in requirement.specifier if s.operator == ">=")
+        assert pinned.startswith(floor), (line, pinned)
+
+
 def test_every_install_after_torch_holds_torch_and_kernels_skip_build_isolation():
     installs = {s["name"]: s["run"] for s in STACK["steps"] if "pip install" in s["run"]}
     for name, command in installs.items():
