@@ -84,6 +84,7 @@ COMMON_FILES = {
     "tests/test_generation.py",
     "tests/test_hub_data.py",
     "tests/test_runs.py",
+    "docs/design_decisions.md",
     "docs/evaluate.md",
     "benchmarks/scan_speed.py",
     "benchmarks/demo_time.py",

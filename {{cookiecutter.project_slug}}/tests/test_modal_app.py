@@ -697,10 +697,20 @@ def test_sigterm_is_forwarded_to_the_training_process(volumes, monkeypatch):
 def test_tensorboard_endpoint_serves_the_logs_folder(tmp_path):
     from werkzeug.test import Client
 
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path / "run-1") as writer:
+        writer.add_scalar("train/loss", 1.5, 7)
     client = Client(modal_app.tensorboard_app(tmp_path))
     response = client.get("/data/environment")
     assert response.status_code == 200
     assert response.get_json()["data_location"] == str(tmp_path)
+    for _ in range(600):  # the first read of the folder runs in a thread of its own
+        if "run-1" in client.get("/data/runs").get_json():
+            break
+        time.sleep(0.1)
+    scalars = client.get("/data/plugin/scalars/scalars?run=run-1&tag=train/loss").get_json()
+    assert [(step, value) for _, step, value in scalars] == [(7, 1.5)]
 
 
 class Clock:

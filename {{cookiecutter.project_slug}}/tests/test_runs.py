@@ -171,3 +171,12 @@ def test_help_names_the_command_and_every_subcommand():
 def test_no_run_prints_lightnings_cloud_logger_tip(trained, caplog):
     main(["fit", LANGUAGE_MODEL, *TINY, *DATA, "--trainer.max_steps=1", f"--run.root={trained}"])
     assert "Tip" not in caplog.text and "litlogger" not in caplog.text
+
+
+def test_checkpoints_carry_the_network_and_no_lightning_hyperparameters(trained):
+    """LightningCLI merges a --ckpt_path's `hyper_parameters` over the config before any public
+    hook (docs/design_decisions.md): our checkpoints give it nothing to merge."""
+    saved = torch.load(trained / "done" / "checkpoints" / runs.LAST, weights_only=True)
+    assert "hyper_parameters" not in saved
+    assert saved["net"]["class"] == "MambaLM"
+    assert saved["net"]["config"]["backbone"]["d_model"] == 16
