@@ -451,6 +451,55 @@ def evaluate(
         raise SystemExit(code)  # the command printed its one-line reason
 
 
+def generate_command(
+    run_id: str, pretrained: str, checkpoint: str, prompt: str, prompts_file: str, options: str
+) -> list[str]:
+    """`python -m <pkg> generate` on a run's checkpoint in the runs Volume, or published weights;
+    what is not given is left to the command, which says in one line what it needs."""
+    command = [sys.executable, "-m", PACKAGE, "generate"]
+    if run_id:
+        command.append(f"--ckpt_path={MOUNTS.runs / run_id / 'checkpoints' / f'{checkpoint}.ckpt'}")
+    if pretrained:
+        command.append(f"--pretrained={pretrained}")
+    if prompt:
+        command.append(f"--prompt={prompt}")
+    if prompts_file:
+        command.append(f"--prompts_file={prompts_file}")
+    return [*command, *shlex.split(options)]
+
+
+@app.function(
+    gpu=GPUS,
+    timeout=3600,
+    volumes={
+        str(MOUNTS.data): data_volume,
+        str(MOUNTS.runs): runs_volume,
+        str(MOUNTS.hf): hf_volume,
+    },
+)
+def generate(
+    run_id: str = "",
+    pretrained: str = "",
+    checkpoint: str = "last",
+    prompt: str = "",
+    prompts_file: str = "",
+    options: str = "",
+) -> None:
+    """Text from a run's checkpoint or from published weights, decoded on a Modal GPU.
+
+    `modal run modal_app.py::generate --run-id <id> --prompt "Mamba is"` streams one prompt;
+    `--prompts-file /vol/data/prompts.txt` (uploaded with `modal volume put`) decodes a file in
+    batches; `--pretrained state-spaces/mamba-130m --options "--tokenizer
+    EleutherAI/gpt-neox-20b --max_new_tokens 200 --temperature 0.8"` passes the command's other
+    arguments. Weights fetched for --pretrained stay in the Hugging Face cache Volume.
+    """
+    command = generate_command(run_id, pretrained, checkpoint, prompt, prompts_file, options)
+    code = subprocess.run(command, cwd=HERE, env=package_env()).returncode
+    hf_volume.commit()
+    if code != 0:
+        raise SystemExit(code)  # the command printed its one-line reason
+
+
 # --- Data and TensorBoard --------------------------------------------------------------------
 
 

@@ -74,8 +74,9 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 
 class _StepWeights:
-    """What the fused step multiplies by, per layer: each matrix in the compute dtype (the
-    parameter itself, or a copy where autocast computes in another dtype) and A = -exp(A_log).
+    """What the fused step multiplies by: each linear layer's weight and bias in the compute
+    dtype (the parameter itself, or a copy where autocast computes in another dtype), and each
+    mixer's A = -exp(A_log), which mamba-ssm's step computes again at every token.
 
     `refresh` recomputes the copies and A from the parameters at the start of every call, so a
     model trained between two calls decodes with its new weights.
@@ -84,19 +85,22 @@ class _StepWeights:
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         self.dtype, self.copies = dtype, []
         self.head = self._cast(model.output_weight)
+        self.mixers = [layer.mixer for layer in model.backbone.layers]
         self.layers = []
         for layer in model.backbone.layers:
-            mixer, mlp = layer.mixer, layer.mlp
-            names = ("in_proj", "out_proj", "x_proj", "dt_proj")
-            weights = {n: self._cast(getattr(mixer, n).weight) for n in names if hasattr(mixer, n)}
-            if mlp is not None:
-                weights.update(fc1=self._cast(mlp.fc1.weight), fc2=self._cast(mlp.fc2.weight))
-            weights["A"] = -torch.exp(mixer.A_log.float())
+            names = ("in_proj", "out_proj", "x_proj", "dt_proj")  # the last two: Mamba1's
+            linears = {n: getattr(layer.mixer, n, None) for n in names}
+            if layer.mlp is not None:
+                linears.update(fc1=layer.mlp.fc1, fc2=layer.mlp.fc2)
+            weights = {"A": -torch.exp(layer.mixer.A_log.float())}
+            for name, linear in linears.items():
+                if linear is not None:
+                    weights[name] = self._cast(linear.weight)
+                    weights[f"{name}_bias"] = self._cast(linear.bias)
             self.layers.append(weights)
-        self.mixers = [layer.mixer for layer in model.backbone.layers]
 
-    def _cast(self, weight: Tensor) -> Tensor:
-        if weight.dtype == self.dtype:
+    def _cast(self, weight: Tensor | None) -> Tensor | None:
+        if weight is None or weight.dtype == self.dtype:
             return weight
         copy = weight.detach().to(self.dtype)
         self.copies.append((weight, copy))
@@ -115,7 +119,7 @@ def _mamba2_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
     b, h, p, n, g = u.shape[0], m.nheads, m.headdim, m.d_state, m.ngroups
-    z, xBC, dt = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], m.in_proj.bias).split(
+    z, xBC, dt = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], w["in_proj_bias"]).split(
         [m.d_ssm, m.d_ssm + 2 * g * n, h], dim=-1
     )
     xBC = causal_conv1d_update(xBC, conv_state, m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
@@ -132,7 +136,7 @@ def _mamba2_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state
         dt_softplus=True,
     )  # (B, H, P)
     y = m.norm(y.view(b, m.d_ssm), z)  # gated RMSNorm
-    return F.linear(y.to(w["out_proj"].dtype), w["out_proj"], m.out_proj.bias)
+    return F.linear(y.to(w["out_proj"].dtype), w["out_proj"], w["out_proj_bias"])
 
 
 def _mamba1_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state: Tensor):
@@ -140,14 +144,16 @@ def _mamba1_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state
     from causal_conv1d import causal_conv1d_update
     from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
-    x, z = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], m.in_proj.bias).chunk(2, dim=-1)
+    x, z = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], w["in_proj_bias"]).chunk(2, -1)
     x = causal_conv1d_update(x, conv_state, m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
-    dt, B, C = F.linear(x, w["x_proj"]).split([m.dt_rank, m.d_state, m.d_state], dim=-1)
-    dt = F.linear(dt, w["dt_proj"])  # its bias is added (in float32) by the kernel
+    dt, B, C = F.linear(x, w["x_proj"], w["x_proj_bias"]).split(
+        [m.dt_rank, m.d_state, m.d_state], dim=-1
+    )
+    dt = F.linear(dt, w["dt_proj"])  # its bias is added by the kernel, in float32
     y = selective_state_update(
         ssm_state, x, dt, w["A"], B, C, m.D, z=z, dt_bias=m.dt_proj.bias, dt_softplus=True
     )  # (B, d_inner)
-    return F.linear(y, w["out_proj"], m.out_proj.bias)
+    return F.linear(y, w["out_proj"], w["out_proj_bias"])
 
 
 class Decoder:
@@ -159,15 +165,14 @@ class Decoder:
     """
 
     def __init__(self, model: nn.Module, batch: int, dtype: torch.dtype, sampling: Sampling,
-                 cuda_graph: bool):  # fmt: skip
+                 weights: _StepWeights | None, cuda_graph: bool):  # fmt: skip
         self.model = weakref.proxy(model)  # the model owns its decoders, not the other way
-        self.batch, self.dtype, self.sampling = batch, dtype, sampling
-        self.fused = model.backbone.impl == "fused"
+        self.batch, self.dtype, self.sampling, self.weights = batch, dtype, sampling, weights
+        self.fused = weights is not None  # the reference twin steps through its own forward
         device = model.output_weight.device
-        self.caches = model.backbone.allocate_inference_cache(batch, 1, dtype=dtype)
+        self.caches = model.backbone.allocate_inference_cache(batch, 1, dtype=self.dtype)
         self.params = InferenceParams(0, batch, key_value_memory_dict=self.caches)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
-        self.weights = _StepWeights(model, dtype) if self.fused else None
         self.graph = None
         if cuda_graph and self.fused and device.type == "cuda":
             self.graph = self._capture()
@@ -187,8 +192,8 @@ class Decoder:
             hidden = step(layer.mixer, w, hidden.squeeze(1), conv_state, ssm_state).unsqueeze(1)
             if layer.mlp is not None:  # mamba-ssm's GatedMLP
                 hidden, residual = layer.norm2(hidden, residual, prenorm=True, **fp32)
-                a, gate = F.linear(hidden.to(self.dtype), w["fc1"], layer.mlp.fc1.bias).chunk(2, -1)
-                hidden = F.linear(a * F.silu(gate), w["fc2"], layer.mlp.fc2.bias)
+                a, gate = F.linear(hidden.to(self.dtype), w["fc1"], w["fc1_bias"]).chunk(2, -1)
+                hidden = F.linear(a * F.silu(gate), w["fc2"], w["fc2_bias"])
         hidden = backbone.norm_f(hidden, residual, prenorm=False, **fp32)
         return F.linear(hidden.to(self.dtype), self.weights.head)[:, -1]  # (B, V)
 
@@ -221,7 +226,7 @@ class Decoder:
         Prompts of one length run through the parallel forward together; a row's caches hold
         its own prompt only, so a batch of different lengths decodes as each prompt alone.
         """
-        if self.weights is not None:
+        if self.fused:
             self.weights.refresh()
         rows_of: dict[int, list[int]] = {}
         for row, prompt in enumerate(prompts):
@@ -258,8 +263,9 @@ class Decoder:
         return self.token.clone()
 
 
-# A model's decoders, by batch size, dtype, sampling and graph use. Beside the model rather
-# than in it, so the model stays copyable and picklable; they go when the model goes.
+# A model's decoders, by batch size, dtype, sampling and graph use, and their step weights by
+# dtype. Beside the model rather than in it, so the model stays copyable and picklable; they go
+# when the model goes.
 _decoders: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -267,13 +273,17 @@ def decoder(model: nn.Module, batch: int, sampling: Sampling, cuda_graph: bool) 
     """The model's decoder for this batch size under the current dtype (autocast or not)."""
     dtype = compute_dtype(model)
     # a moved or converted model has new parameter tensors: the old decoders point at the old
-    weights = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
+    params = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
     entry = _decoders.get(model)
-    if entry is None or entry["weights"] != weights:
-        entry = _decoders[model] = {"weights": weights, "decoders": {}}
+    if entry is None or entry["params"] != params:
+        entry = _decoders[model] = {"params": params, "weights": {}, "decoders": {}}
+    fused = model.backbone.impl == "fused"
+    if fused and dtype not in entry["weights"]:
+        entry["weights"][dtype] = _StepWeights(model, dtype)
     key = (batch, dtype, sampling, cuda_graph)
     if key not in entry["decoders"]:
-        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, cuda_graph)
+        weights = entry["weights"][dtype] if fused else None
+        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, weights, cuda_graph)
     return entry["decoders"][key]
 
 
