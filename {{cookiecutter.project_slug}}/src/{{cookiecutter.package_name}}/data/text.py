@@ -154,17 +154,22 @@ class TextFile(BaseDataModule):
         manifest = self.cache.with_suffix(".json")
         if self.cache.exists() and manifest.exists() and json.loads(manifest.read_text()) == stamp:
             return
-        self.check(
-            sum(size for _, size, _ in stamp) > 0, f"{self.path} is empty; give it some text"
-        )
+        size = sum(size for _, size, _ in stamp)
+        self.check(size > 0, f"{self.path} is empty; give it some text")
+        # Nothing stays behind for a rejected input (a file that is not UTF-8, or too few
+        # tokens): the partial cache goes, and so do the folders made for it.
+        made = [p for p in (self.cache.parent, *self.cache.parent.parents) if not p.exists()]
         self.cache.parent.mkdir(parents=True, exist_ok=True)
         partial_cache = self.cache.parent / f"{self.cache.name}.{os.getpid()}.tmp"
         try:
             with partial_cache.open("wb") as out:
                 for f in files:
                     self._encode(f, out)
+            self.split(partial_cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize)
         except BaseException:
             partial_cache.unlink(missing_ok=True)
+            for folder in made:  # innermost first
+                folder.rmdir()
             raise
         os.replace(partial_cache, self.cache)  # atomic: readers never see half a cache
         manifest.write_text(json.dumps(stamp))
@@ -196,10 +201,14 @@ class TextFile(BaseDataModule):
         """Cut the train/val split. Calls prepare_data, a cheap no-op once the cache is current,
         so the module also works without a Trainer."""
         self.prepare_data()
-        n = self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
+        tokens = self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
+        self.bounds = self.split(tokens)
+
+    def split(self, n: int) -> dict[str, tuple[int, int]]:
+        """The [start, end) token range of each split of n tokens; each must hold a window."""
         n_val = int(n * self.val_fraction)
-        self.bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
-        for split, (start, end) in self.bounds.items():
+        bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
+        for split, (start, end) in bounds.items():
             self.check(
                 end - start > self.seq_len,
                 f"the {split} split has {end - start} {self.unit} "
@@ -207,6 +216,7 @@ class TextFile(BaseDataModule):
                 f"window of seq_len + 1 = {self.seq_len + 1}; use more text, a smaller "
                 "seq_len or another val_fraction",
             )
+        return bounds
 
     def dataset(self, split: str) -> Dataset:
         if not self.bounds:
