@@ -202,6 +202,22 @@ def test_bake_records_the_options_in_pyproject_and_ci(baked):
         assert answers["license"] in str(pyproject["project"]["license"])
 
 
+def test_pyproject_holds_free_text_answers_as_typed(cookies, template):
+    """Accents, quotes and backslashes reach pyproject.toml as plain TOML strings, readable
+    in the file and equal to the answers once parsed."""
+    answers = {
+        "author_name": "Zoë O'Brien",
+        "author_email": "zoe.obrien@example.com",
+        "description": 'Mamba for "EEG" \\ séries, 100% local',
+    }
+    project = bake(cookies, template, **answers)
+    text = (project / "pyproject.toml").read_text(encoding="utf-8")
+    pyproject = tomllib.loads(text)["project"]
+    assert pyproject["authors"] == [{"name": "Zoë O'Brien", "email": answers["author_email"]}]
+    assert pyproject["description"] == answers["description"]
+    assert "\\u00eb" not in text and "\\u0027" not in text  # written as typed, not escaped
+
+
 @pytest.mark.parametrize("license_", CHOICES["license"])
 def test_license_file_matches_the_answer(cookies, template, license_):
     project = bake(cookies, template, license=license_, author_name="Ada Lovelace")
