@@ -65,8 +65,9 @@ def test_the_replayed_graph_decodes_what_the_eager_step_decodes(mixer, dtype):
     replayed = run(model, dtype, ids, 48)
     eager = run(model, dtype, ids, 48, cuda_graph=False)
     assert torch.equal(replayed, eager)
-    # sampling runs inside the graph: top_k=1 leaves one token to draw, the argmax
-    assert torch.equal(run(model, dtype, ids, 48, temperature=0.9, top_k=1), eager)
+    if dtype == "fp32":  # sampling inside the graph: top_k=1 leaves the argmax alone (in bf16,
+        # logits that tie at the top leave several)
+        assert torch.equal(run(model, dtype, ids, 48, temperature=0.9, top_k=1), eager)
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
@@ -96,11 +97,13 @@ def test_weights_changed_between_calls_are_decoded_with(mixer):
     model, ids = small_lm(mixer, d_intermediate=128), prompts()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         model.generate(ids, 8)
-        with torch.no_grad():
-            for layer in model.backbone.layers:
-                layer.mixer.A_log.add_(0.5)
-                layer.mixer.in_proj.weight.mul_(1.5)
+    with torch.no_grad():  # an optimizer step, outside autocast (whose casts last its region)
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.add_(0.5)
+            layer.mixer.in_proj.weight.mul_(1.5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
         trained = model.generate(ids, 24)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
         fresh = copy.deepcopy(model).generate(ids, 24, cuda_graph=False)
     assert torch.equal(trained, fresh)
 
