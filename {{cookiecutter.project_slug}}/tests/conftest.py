@@ -22,6 +22,15 @@ TINY_BACKBONE = [
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 TINY = [LANGUAGE_MODEL, *TINY_BACKBONE, *QUIET]
 TINY_CLASSIFIER = [CLASSIFIER, *TINY_BACKBONE, *QUIET]
+# Selective copying small enough for many CPU steps a second: 24 batches an epoch.
+TINY_COPYING = [
+    f"--data={PACKAGE}.data.SelectiveCopying",
+    "--data.seq_len=24",
+    "--data.num_tokens=4",
+    "--data.batch_size=4",
+    "--data.num_train_samples=96",
+    "--data.num_val_samples=8",
+]
 
 CORPUS = "the cat sat on the mat. the dog sat on the log. a cat and a dog. " * 30
 

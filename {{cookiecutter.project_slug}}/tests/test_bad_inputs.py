@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import float64_works, main
@@ -27,12 +27,7 @@ FIT = [
     "--seed_everything=0",
     LANGUAGE_MODEL,
     *TINY_BACKBONE,
-    f"{DATA}.SelectiveCopying",
-    "--data.seq_len=24",
-    "--data.num_tokens=4",
-    "--data.batch_size=4",
-    "--data.num_train_samples=96",
-    "--data.num_val_samples=8",
+    *TINY_COPYING,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.max_steps=2",
@@ -114,7 +109,17 @@ ARGUMENTS = {
         [f"{DATA}.SyntheticSeries", "--data.num_channels=0", "--data.seq_len=128"],
         "num_channels=0 must be positive",
     ),
-    "unknown_argument": (["--trainer.max_stepz=5"], "max_stepz"),
+    "unknown_argument": (["--trainer.max_stepz=5"], "did you mean --trainer.max_steps?"),
+    "unknown_model_option": (["--model.lrr=1e-3"], "did you mean --model.lr?"),
+    "unknown_backbone_option": (
+        ["--model.net.backbone.d_modle=3"],
+        "--model.net.backbone.d_modle=3: unrecognized arguments: --backbone.d_modle=3; did "
+        "you mean --model.net.backbone.d_model?",
+    ),
+    "float16_on_a_cpu": (
+        ["--trainer.accelerator=cpu", "--trainer.precision=16-mixed"],
+        "trainer.precision=16-mixed needs a CUDA GPU",
+    ),
     "max_steps_not_a_number": (["--trainer.max_steps=many"], "Got value: many"),
     "missing_config_file": (["--config=configs/nope.yaml"], "nope.yaml"),
     "checkpoint_missing": (["--ckpt_path=no/such.ckpt"], "--ckpt_path=no/such.ckpt: no such file"),
@@ -264,6 +269,10 @@ FILES = {
         "missing ['global_step', 'loops', 'optimizer_states']",
     ),
     "checkpoint_that_is_a_folder": lambda d: ([f"--ckpt_path={d}"], "no such file"),
+    "config_with_a_yaml_syntax_error": lambda d: (
+        ["--config=" + text(d, "broken.yaml", b"model:\n  lr: [1,\n")],
+        f"in {d}/broken.yaml, line 3",
+    ),
 }
 
 
@@ -276,6 +285,7 @@ def assert_one_line_and_nothing_written(args: list[str], message: str, root: Pat
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], err
     assert not root.exists(), sorted(root.rglob("*"))
+    assert "writing to" not in err  # nothing was, so no line says so
 
 
 @pytest.mark.parametrize("args, message", ARGUMENTS.values(), ids=ARGUMENTS.keys())

@@ -695,9 +695,8 @@ def test_sigterm_is_forwarded_to_the_training_process(volumes, monkeypatch):
 
 
 def test_tensorboard_endpoint_serves_the_logs_folder(tmp_path):
-    from werkzeug.test import Client
-
     from torch.utils.tensorboard import SummaryWriter
+    from werkzeug.test import Client
 
     with SummaryWriter(tmp_path / "run-1") as writer:
         writer.add_scalar("train/loss", 1.5, 7)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -40,12 +40,7 @@ FIT = [
     LANGUAGE_MODEL,
     *TINY_BACKBONE,
     "--model.warmup_steps=10",
-    f"--data={PACKAGE}.data.SelectiveCopying",
-    "--data.seq_len=24",
-    "--data.num_tokens=4",
-    "--data.batch_size=4",
-    "--data.num_train_samples=96",
-    "--data.num_val_samples=8",
+    *TINY_COPYING,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     f"--trainer.max_steps={MAX_STEPS}",

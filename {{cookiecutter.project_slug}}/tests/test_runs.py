@@ -10,19 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY
+from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY, TINY_BACKBONE, TINY_COPYING
 
 from {{ cookiecutter.package_name }} import runs
 from {{ cookiecutter.package_name }}.cli import main
 
 DATA = [
     "--seed_everything=0",
-    f"--data={PACKAGE}.data.SelectiveCopying",
-    "--data.seq_len=24",
-    "--data.num_tokens=4",
-    "--data.batch_size=4",
-    "--data.num_train_samples=96",
-    "--data.num_val_samples=8",
+    *TINY_COPYING,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
 ]
@@ -180,3 +175,31 @@ def test_checkpoints_carry_the_network_and_no_lightning_hyperparameters(trained)
     assert "hyper_parameters" not in saved
     assert saved["net"]["class"] == "MambaLM"
     assert saved["net"]["config"]["backbone"]["d_model"] == 16
+
+
+def test_progress_written_to_a_pipe_is_whole_lines_counted_from_the_run_step(tmp_path):
+    """tqdm's bar in a file is one line of carriage returns; a pipe gets lines instead."""
+    command = [sys.executable, "-m", PACKAGE, "fit", LANGUAGE_MODEL, *TINY_BACKBONE, *DATA]
+    command += ["--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0"]
+    command += [f"--run.root={tmp_path}", "--run.id=lines"]
+    for steps in (100, 150):  # the second start resumes at 100
+        done = subprocess.run(
+            [*command, f"--trainer.max_steps={steps}"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "\r" not in done.stdout and max(map(len, done.stdout.splitlines())) < 200
+    lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
+    assert lines[0].startswith("step 150/150 | train/loss ") and "steps/s" in lines[0], lines
+
+
+def test_resuming_under_another_number_of_processes_is_refused(trained, capsys):
+    args = ["fit", *TINY, *DATA, "--trainer.max_steps=6", "--trainer.strategy=ddp"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--trainer.devices=2", f"--run.root={trained}", "--run.id=done"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained by 1 process(es) and this start has 2" in err[0], err

@@ -14,21 +14,18 @@ restart never silently begins from scratch.
 import logging
 import os
 import sys
-import time
-import traceback
 import warnings
-from argparse import ArgumentError
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
-from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.accelerators import MPSAccelerator
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
+    ModelSummary,
     ProgressBar,
     TQDMProgressBar,
 )
@@ -36,7 +33,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from .commands import COMMANDS
+from .errors import input_error
 from .module import MambaModule
+from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
 from .runs import (
     LAST,
     AtomicCheckpointIO,
@@ -49,12 +48,12 @@ from .runs import (
     TimedCheckpoint,
     derive_run_id,
     other_model,
+    other_world_size,
     protect_standard_streams,
     resume_checkpoint,
     unreadable,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}"
 OVERVIEW = (
     "Train and use a Mamba model. Lightning's commands: fit (train; resumes the run's own "
@@ -94,6 +93,26 @@ def float64_works(device: str) -> bool:
     return True
 
 
+def check_cpu_settings(accelerator: str, trainer) -> None:
+    """Settings that a CPU run would not honour as written: refused or said, before any work."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not on_cpu:
+        return
+    precision = str(trainer.get("precision"))
+    if precision.startswith("16"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a CUDA GPU (float16 with a loss scaler); on a "
+            "CPU Lightning would train in bf16 instead. Use --trainer.precision=bf16-mixed or "
+            "32-true"
+        )
+    devices, cores = trainer.get("devices"), os.cpu_count() or 1
+    if isinstance(devices, int) and devices > cores:
+        rank_zero_info(
+            f"trainer.devices={devices} on a CPU with {cores} cores: {devices} processes share "
+            f"{cores} cores, each slower than one alone"
+        )
+
+
 def pick_accelerator(requested: str, mixer: str | None) -> str:
     """Lightning's `auto` picks MPS on an Apple-silicon Mac; without float64 we take the CPU.
 
@@ -118,51 +137,6 @@ def pick_accelerator(requested: str, mixer: str | None) -> str:
         )
         return "cpu"
     return requested
-
-
-class LoggedThroughput(Callback):
-    """Tokens, samples and FLOPs per second of training, on the steps Lightning logs.
-
-    Lightning's ThroughputMonitor calls torch.cuda.synchronize() after every batch to time it,
-    which stops the CPU from queueing the next step (and defeats CUDA-graph replay). This one
-    counts every batch but waits for the GPU and reads the clock only on the steps that are
-    logged (every trainer.log_every_n_steps): each rate is over the interval since the last.
-    The metric names are ThroughputMonitor's: train/device/items_per_sec (tokens) and so on.
-    """
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        device = trainer.strategy.root_device
-        precision = str(trainer.precision)
-        dtype = torch.bfloat16 if "bf16" in precision else torch.float32
-        dtype = torch.float16 if precision.startswith("16") else dtype
-        available = get_available_flops(device, dtype) if device.type == "cuda" else None
-        self.throughput = Throughput(available_flops=available, window_size=2, separator="/")
-        self.start, self.batches, self.samples, self.tokens, self.flops = 0.0, 0, 0, 0, 0
-        self.measured_step = trainer.global_step
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        inputs = batch[0]
-        self.batches += 1
-        self.samples += inputs.shape[0]
-        self.tokens += inputs.shape[0] * inputs.shape[1]
-        self.flops += getattr(pl_module, "flops_per_batch", 0)
-        step, every = trainer.global_step, trainer.log_every_n_steps
-        if step == self.measured_step or not every or step % every:
-            return  # Lightning logs at the steps that are multiples of log_every_n_steps
-        self.measured_step = step
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # once per logged step: the interval's work is done
-        self.throughput.update(
-            time=time.perf_counter() - self.start,
-            batches=self.batches,
-            samples=self.samples,
-            lengths=self.tokens,
-            flops=self.flops or None,
-        )
-        self.flops = 0
-        metrics = {f"train/{k}": v for k, v in self.throughput.compute().items()}
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
 
 class MambaCLI(LightningCLI):
@@ -227,6 +201,7 @@ class MambaCLI(LightningCLI):
         kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
         if trainer.get("precision") is None:
             kwargs["precision"] = default_precision()
+        check_cpu_settings(kwargs["accelerator"], trainer)
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
         if trainer.get("logger") in (None, True):
@@ -263,12 +238,19 @@ class MambaCLI(LightningCLI):
             ContinueTensorBoard(),
             LearningRateMonitor(logging_interval="step"),
             LoggedThroughput(),
+            Announce(f"run {run_id}: writing to {run_dir}"),
             undo,
         ]
         bar = trainer.get("enable_progress_bar") in (None, True)
         if bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            # the bar reads the logged loss from the GPU when it redraws: not on every step
-            callbacks.append(TQDMProgressBar(refresh_rate=10))
+            # a terminal redraws tqdm's bar in place; a file or pipe gets whole lines. Either
+            # reads the logged loss from the GPU only when it shows it, not on every step
+            tty = sys.stdout.isatty()
+            callbacks.append(TQDMProgressBar(refresh_rate=10) if tty else LineProgress())
+        summary = trainer.get("enable_model_summary") in (None, True)
+        if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(ParameterSummary())
+            kwargs["enable_model_summary"] = False  # Lightning's own stays out, and says nothing
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
@@ -291,6 +273,8 @@ class MambaCLI(LightningCLI):
                 f"{resumed} holds another model than this config builds ({problem}); resume "
                 "with the model config it was trained with, or start afresh under a new --run.id."
             )
+        if resumed is not None and (problem := other_world_size(resumed, self.trainer.world_size)):
+            raise ValueError(problem)
         if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
             lock = RunLock(self.run_dir)  # the launching process; DDP's other ranks join it
             lock.acquire()  # refused while another process trains this run
@@ -300,8 +284,6 @@ class MambaCLI(LightningCLI):
             warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
             rank_zero_info(f"run {self.run_id}: resuming from {self.resume_from}")
             self.config_init.fit["ckpt_path"] = str(self.resume_from)
-        else:
-            rank_zero_info(f"run {self.run_id}: writing to {self.run_dir}")
 
     def after_fit(self):
         """One summary: where the run ended, its last validation, the best checkpoint, curves."""
@@ -324,32 +306,6 @@ class MambaCLI(LightningCLI):
         if trainer.logger is not None:
             lines.append(f"curves: tensorboard --logdir {trainer.logger.log_dir}")
         rank_zero_info("\n".join(lines))
-
-
-def input_error(err: BaseException) -> str | None:
-    """The message of a bad input, or None for anything else (which keeps its traceback).
-
-    A bad input is an error raised by this package's own checks, a missing file, or an
-    argument the parser refuses (its type, its choices, an unknown key). LightningCLI and
-    jsonargparse wrap our checks in a few layers of their own, and a check may be raised while
-    another error is handled (a UnicodeDecodeError, a KeyError), so the whole chain of causes
-    and contexts is searched: the outermost of our own errors is the message (it is the one
-    written for the user), else the parser's, else a missing file anywhere in the chain.
-    """
-    chain = []
-    while err is not None and all(err is not seen for seen in chain):
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for err in chain:
-        frames = traceback.extract_tb(err.__traceback__)
-        ours = frames and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
-        if ours and isinstance(err, ValueError | TypeError | RuntimeError | FileNotFoundError):
-            return str(err)
-    for err in chain:
-        if isinstance(err, ArgumentError):  # jsonargparse's message spans several lines
-            return " ".join(str(err).split()) + ". See --help for the accepted values."
-    missing = [err for err in chain if isinstance(err, FileNotFoundError)]
-    return str(missing[-1]) if missing else None
 
 
 class UndoFailedStart(Callback):
@@ -417,7 +373,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
         rank_zero_info(f"{stop}; start the same command again to resume")
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
-        message = input_error(err)
+        message = input_error(err, argv)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)

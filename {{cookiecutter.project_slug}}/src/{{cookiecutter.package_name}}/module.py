@@ -178,20 +178,9 @@ class LanguageModelling(MambaModule):
     """Next-token prediction: loss and accuracy over the targets that are not IGNORE_INDEX,
     perplexity in validation. `predict` continues each input by 32 greedy tokens."""
 
-    def __init__(
-        self,
-        net: MambaLM,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        kernels: Policy = "require",
-        cuda_graphs: Setting = "auto",
-    ):
-        super().__init__(
-            net, lr, weight_decay, betas, warmup_steps, min_lr_ratio, kernels, cuda_graphs
-        )
+    def __init__(self, net: MambaLM, **kwargs):
+        """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
+        super().__init__(net, **kwargs)
         metrics = torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(
@@ -241,20 +230,9 @@ class Classification(MambaModule):
     """One label per series: cross-entropy, with accuracy, macro F1 and AUROC.
     `predict` returns the class probabilities (B, K)."""
 
-    def __init__(
-        self,
-        net: MambaClassifier,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
-        kernels: Policy = "require",
-        cuda_graphs: Setting = "auto",
-    ):
-        super().__init__(
-            net, lr, weight_decay, betas, warmup_steps, min_lr_ratio, kernels, cuda_graphs
-        )
+    def __init__(self, net: MambaClassifier, **kwargs):
+        """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
+        super().__init__(net, **kwargs)
         kind = "binary" if net.num_classes == 2 else "multiclass"
         args = {} if kind == "binary" else {"num_classes": net.num_classes}
         metrics = torchmetrics.MetricCollection(

@@ -230,6 +230,25 @@ def other_model(path: Path, model: torch.nn.Module) -> str | None:
     return f"it has {extra[0]}, which this model lacks" if extra else None
 
 
+def other_world_size(path: Path, world_size: int) -> str | None:
+    """Why resuming the checkpoint at `path` with `world_size` processes would change the run.
+
+    Each process draws its own batch of data.batch_size from its share of the samples, so
+    another number of processes means another batch and another data order than the
+    checkpoint's run had. None when they agree (or the checkpoint does not say).
+    """
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    trained = saved.get("world_size")
+    if trained is None or trained == world_size:
+        return None
+    return (
+        f"{path} was trained by {trained} process(es) and this start has {world_size}: each "
+        "process draws its own batch, so the batch size and the data order would change; "
+        f"resume with --trainer.devices (x num_nodes) = {trained}, or start afresh under a new "
+        "--run.id"
+    )
+
+
 def resume_checkpoint(checkpoints: Path) -> Path | None:
     """The newest readable checkpoint of a run: last.ckpt, else previous.ckpt, else None.
 
@@ -350,6 +369,9 @@ class LastCheckpoint(Checkpoint):
         self.saved_step = -1
         self.previous = {}
         self.stop_next = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["world_size"] = trainer.world_size  # resuming under another is refused
 
     def save(self, trainer) -> None:
         if self.saved_step != trainer.global_step:
