@@ -41,8 +41,13 @@ class ParameterSummary(ModelSummary):
     def summarize(summary_data, total_parameters, trainable_parameters, model_size, *_, **__):
         columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
         widths = [max(len(name), *map(len, values)) for name, values in columns]
-        rows = [[name for name, _ in columns], *zip(*(values for _, values in columns))]
-        table = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        rows = [
+            [name for name, _ in columns],
+            *zip(*(values for _, values in columns), strict=True),
+        ]
+        table = [
+            " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+        ]
         table.insert(1, "-" * len(table[0]))
         table += [
             f"{get_human_readable_count(trainable_parameters)} trainable parameters of "
