@@ -59,6 +59,50 @@ def export(argv: list[str]) -> None:
     print(f"wrote {out} ({args.format} format)")
 
 
+def language_model(
+    command: str,
+    ckpt_path: str | None,
+    pretrained: str | None,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    impl: str = "auto",
+):
+    """The MambaLM of a fit checkpoint or of published weights, and its tokenizer: `tokenizer`,
+    else the one the checkpoint was trained with, else the tokenizer.json shipped beside the
+    weights. Returns (model, data.text.TextTokenizer)."""
+    from .data.text import TextTokenizer
+    from .hub import hub_file, looks_like_path
+
+    if ckpt_path is not None:
+        trained = load_trained(ckpt_path, impl)
+        model, tokenizer = trained.net, tokenizer or trained.tokenizer
+        if not isinstance(model, MambaLM):
+            raise ValueError(
+                f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; {command} needs a "
+                "language model (MambaLM)"
+            )
+    else:
+        model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
+        if tokenizer is None:  # the checkpoint's own tokenizer.json, where it ships one
+            folder = Path(pretrained).expanduser()
+            found = folder / "tokenizer.json" if folder.is_dir() else None
+            if found is None and not looks_like_path(pretrained):
+                found = hub_file(pretrained, "tokenizer.json", revision, required=False)
+            tokenizer = str(found) if found is not None and found.is_file() else None
+    if tokenizer is None:
+        raise ValueError(
+            "--tokenizer is needed: the model was not trained on text with a known tokenizer; "
+            "give bytes, a tokenizer.json or a hub id (e.g. EleutherAI/gpt-neox-20b)"
+        )
+    text = TextTokenizer(tokenizer)
+    if text.vocab_size > model.vocab_size:
+        raise ValueError(
+            f"--tokenizer={tokenizer} has {text.vocab_size} tokens, more than the model's "
+            f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
+        )
+    return model, text
+
+
 def generate(argv: list[str]) -> None:
     """Continue prompts with a trained or pretrained language model, through its recurrent state.
 
@@ -66,9 +110,6 @@ def generate(argv: list[str]) -> None:
     each get the tokens they get alone); a single prompt is printed token by token as it is
     generated. At the end one line on stderr gives the time to the first token and the rate.
     """
-    from .data.text import TextTokenizer
-    from .hub import hub_file, looks_like_path
-
     parser = CommandParser(
         prog=f"python -m {__package__} generate", description=generate.__doc__.split("\n")[0]
     )
@@ -117,34 +158,9 @@ def generate(argv: list[str]) -> None:
             raise ValueError(f"--prompts_file={args.prompts_file} holds no prompt; one per line")
     else:
         texts = args.prompt
-    spec = args.tokenizer
-    if args.ckpt_path is not None:
-        trained = load_trained(args.ckpt_path, args.impl)
-        model, spec = trained.net, spec or trained.tokenizer
-        if not isinstance(model, MambaLM):
-            raise ValueError(
-                f"--ckpt_path={args.ckpt_path} holds a {type(model).__name__}; generate needs "
-                "a language model (MambaLM)"
-            )
-    else:
-        model = MambaLM.from_pretrained(args.pretrained, args.revision, impl=args.impl)
-        if spec is None:  # the checkpoint's own tokenizer.json, where it ships one
-            folder = Path(args.pretrained).expanduser()
-            found = folder / "tokenizer.json" if folder.is_dir() else None
-            if found is None and not looks_like_path(args.pretrained):
-                found = hub_file(args.pretrained, "tokenizer.json", args.revision, required=False)
-            spec = str(found) if found is not None and found.is_file() else None
-    if spec is None:
-        raise ValueError(
-            "--tokenizer is needed: the model was not trained on text with a known tokenizer; "
-            "give bytes, a tokenizer.json or a hub id (e.g. EleutherAI/gpt-neox-20b)"
-        )
-    tokenizer = TextTokenizer(spec)
-    if tokenizer.vocab_size > model.vocab_size:
-        raise ValueError(
-            f"--tokenizer={spec} has {tokenizer.vocab_size} tokens, more than the model's "
-            f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
-        )
+    model, tokenizer = language_model(
+        "generate", args.ckpt_path, args.pretrained, args.revision, args.tokenizer, args.impl
+    )
     prompts = [tokenizer.encode(text) for text in texts]
     for i, ids in enumerate(prompts):
         if not ids:

@@ -32,11 +32,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_trained
-from .data.text import TextTokenizer
-from .hub import hub_file, looks_like_path
-from .model import MambaLM
-
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
@@ -82,29 +77,11 @@ class HarnessLM(TemplateLM):
                 f"batch_size={batch_size} and max_length={max_length} must be integers >= 1 and "
                 ">= 2 (batch_size=auto is not supported)"
             )
-        if ckpt_path is not None:
-            trained = load_trained(ckpt_path, impl)
-            model, tokenizer = trained.net, tokenizer or trained.tokenizer
-            if not isinstance(model, MambaLM):
-                raise ValueError(
-                    f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; evaluate needs a "
-                    "language model (MambaLM)"
-                )
-        else:
-            model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
-            tokenizer = tokenizer or tokenizer_beside(pretrained, revision)
-        if tokenizer is None:
-            raise ValueError(
-                "--tokenizer is needed: the model was not trained on text with a known "
-                "tokenizer; give bytes, a tokenizer.json or a hub id (the state-spaces models: "
-                "EleutherAI/gpt-neox-20b)"
-            )
-        self.text = TextTokenizer(tokenizer)
-        if self.text.vocab_size > model.vocab_size:
-            raise ValueError(
-                f"--tokenizer={tokenizer} has {self.text.vocab_size} tokens, more than the "
-                f"model's vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
-            )
+        from .commands import language_model  # commands.py imports this module lazily
+
+        model, self.text = language_model(
+            "evaluate", ckpt_path, pretrained, revision, tokenizer, impl
+        )
         self.gpu = model.backbone.impl == "fused"
         self._device = torch.device("cuda" if self.gpu else "cpu")
         self.model = model.to(self._device).eval()
@@ -226,18 +203,6 @@ class HarnessLM(TemplateLM):
 
 if register_model is not None:
     register_model(NAME)(HarnessLM)
-
-
-def tokenizer_beside(pretrained: str, revision: str | None) -> str | None:
-    """The tokenizer.json shipped with pretrained weights (a folder's, or a hub repo's)."""
-    folder = Path(pretrained).expanduser()
-    if folder.is_dir():
-        found = folder / "tokenizer.json"
-        return str(found) if found.is_file() else None
-    if looks_like_path(pretrained):
-        return None
-    found = hub_file(pretrained, "tokenizer.json", revision, required=False)
-    return str(found) if found is not None else None
 
 
 def evaluate(argv: list[str]) -> None:
