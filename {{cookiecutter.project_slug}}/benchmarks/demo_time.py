@@ -5,12 +5,17 @@
 Runs `python -m {{ cookiecutter.package_name }} fit --config configs/default.yaml` in a fresh run
 directory, then reads val/acc from its TensorBoard events, prints the curve and the first time
 the target accuracy was reached, and writes benchmarks/results/demo_time.json.
+
+The run directory is temporary: it is removed however the script ends. Ctrl-C or SIGTERM stops
+the run at once (there is nothing to resume: a timing must start from step 0).
 """
 
 import argparse
 import datetime
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +27,28 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT / "benchmarks" / "results"
+
+
+def run(command: list[str]) -> None:
+    """Run `fit` to its end. On Ctrl-C or SIGTERM, kill it and exit 128 + the signal: the exit
+    unwinds through the temporary directory, which is removed with the run's checkpoints."""
+    # Its own process group, so that a Ctrl-C in the terminal reaches this script only; fit
+    # would save a checkpoint to resume from, which the temporary directory cannot keep.
+    fit = subprocess.Popen(command, cwd=PROJECT, start_new_session=True)
+    stopped_by = []
+
+    def stop(signum, frame):
+        stopped_by.append(signal.Signals(signum))
+        os.killpg(fit.pid, signal.SIGKILL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    code = fit.wait()
+    if stopped_by:
+        print(f"demo_time: stopped by {stopped_by[0].name}; nothing kept", file=sys.stderr)
+        raise SystemExit(128 + stopped_by[0])
+    if code != 0:
+        raise SystemExit(f"demo_time: fit exited with code {code}; see its output above")
 
 
 def main() -> None:
@@ -43,7 +70,7 @@ def main() -> None:
             *overrides,
         ]
         start = time.time()
-        subprocess.run(command, cwd=PROJECT, check=True)
+        run(command)
         total = time.time() - start
         events = EventAccumulator(str(Path(root) / "demo-time"))
         events.Reload()
