@@ -148,8 +148,8 @@ class MambaLM(nn.Module):
 
         vocab_size: a tokenizer's, which may differ from the checkpoint's by padding only.
         """
-        return cls(BackboneConfig(impl=impl), vocab_size, init_from=name_or_path,
-                   init_revision=revision)  # fmt: skip
+        backbone = BackboneConfig(impl=impl)
+        return cls(backbone, vocab_size, init_from=name_or_path, init_revision=revision)
 
     def save_pretrained(self, directory: str, format: str = "mamba_ssm"):
         """Write a folder that mamba-ssm's or HF's `from_pretrained` loads (and ours too).
