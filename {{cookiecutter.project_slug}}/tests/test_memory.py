@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from conftest import PACKAGE, PROJECT, QUIET, TINY_BACKBONE
 
 SHORT, LONG = 20, 200
@@ -53,13 +52,6 @@ def peak_rss(tmp_path, steps: int) -> int:
     return int(done.stdout.split()[-1])
 
 
-@pytest.mark.xfail(
-    "module.Classification" in (PROJECT / "configs/default.yaml").read_text(encoding="utf-8"),
-    strict=True,
-    reason="Classification updates AUROC's list state inside training_step, while the step's "
-    "activations are alive; updating the train metrics in on_train_batch_end (after backward "
-    "and the optimizer step) keeps the peak flat",
-)
 def test_peak_memory_of_a_long_run_is_that_of_a_short_one(tmp_path):
     short, long = peak_rss(tmp_path, SHORT), peak_rss(tmp_path, LONG)
     assert long <= MAX_GROWTH * short, (

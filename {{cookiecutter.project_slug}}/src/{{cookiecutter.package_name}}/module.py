@@ -250,25 +250,36 @@ class Classification(MambaModule):
         logits = self.net(inputs).float()  # (B, K)
         return F.cross_entropy(logits, targets), logits
 
-    def step(self, batch, metrics: torchmetrics.MetricCollection, loss_fn) -> Tensor:
-        inputs, targets = batch
-        self.batch_tokens = inputs.shape[0] * inputs.shape[1]
-        loss, logits = loss_fn(inputs, targets)
+    def measure(self, metrics: torchmetrics.MetricCollection, logits: Tensor, targets) -> None:
         scores = logits.softmax(-1)
         metrics.update(scores[:, 1] if self.net.num_classes == 2 else scores, targets)
-        stage = metrics.prefix.rstrip("/")
-        self.log_loss(stage, loss, len(targets))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        return loss
+        train = metrics.prefix == "train/"
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not train)
 
     def training_step(self, batch, batch_idx):
-        return self.step(batch, self.train_metrics, self.train_loss)
+        inputs, targets = batch
+        self.batch_tokens = inputs.shape[0] * inputs.shape[1]
+        loss, logits = self.train_loss(inputs, targets)
+        self.log_loss("train", loss, len(targets))
+        return {"loss": loss, "logits": logits.detach()}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """The training metrics, after backward: AUROC keeps every score of the epoch, and
+        those small tensors, allocated while the step's activations were alive, fragmented
+        the heap of a CPU run by hundreds of MB a step (tests/test_memory.py)."""
+        self.measure(self.train_metrics, outputs["logits"], batch[1])
+
+    def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
+        inputs, targets = batch
+        loss, logits = self.training_loss(inputs, targets)
+        self.log_loss(metrics.prefix.rstrip("/"), loss, len(targets))
+        self.measure(metrics, logits, targets)
 
     def validation_step(self, batch, batch_idx):
-        self.step(batch, self.val_metrics, self.training_loss)
+        self.evaluate(batch, self.val_metrics)
 
     def test_step(self, batch, batch_idx):
-        self.step(batch, self.test_metrics, self.training_loss)
+        self.evaluate(batch, self.test_metrics)
 
     def predict_step(self, batch, batch_idx):
         return self.net(batch[0]).float().softmax(-1)
