@@ -55,12 +55,26 @@ from .runs import (
 )
 
 DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}"
-OVERVIEW = (
-    "Train and use a Mamba model. Lightning's commands: fit (train; resumes the run's own "
-    "last.ckpt), validate, test, predict (evaluate a --ckpt_path; they write nothing). Commands "
-    "that use a trained model: generate (continue prompts), export (mamba-ssm or HF format), "
-    "extrapolate (accuracy at other lengths), evaluate (lm-evaluation-harness tasks). "
-    "`python -m {package} <command> --help` for each."
+COMMAND_LIST = {  # `python -m <package> --help`: every command, one line each
+    "fit": "train (again with the same run id: resume from its last.ckpt)",
+    "validate": "a checkpoint's metrics on the validation split (writes nothing)",
+    "test": "the same with the test loop (these data modules test on the validation split)",
+    "predict": "a checkpoint's predictions on the validation split (writes nothing)",
+    "generate": "continue prompts with a trained or published language model",
+    "export": "write a checkpoint in mamba-ssm's or HF transformers' format",
+    "extrapolate": "a generated task's accuracy at other sequence lengths",
+    "evaluate": "lm-evaluation-harness tasks (pip install -e '.[eval]')",
+}
+OVERVIEW = "\n".join(
+    [
+        "usage: python -m {package} <command> [options]",
+        "",
+        "Train and use a Mamba model. Commands:",
+        *(f"  {name:12s} {what}" for name, what in COMMAND_LIST.items()),
+        "",
+        "`python -m {package} <command> --help` lists a command's options;",
+        "`python -m {package} fit --config configs/default.yaml --print_config` the whole config.",
+    ]
 )
 LOCKS: list[RunLock] = []  # the runs this process holds; main() releases them
 
@@ -348,6 +362,9 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
     signal number for a run stopped by SIGINT/SIGTERM after saving last.ckpt.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(OVERVIEW.format(package=__package__), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
     protect_standard_streams()  # a closed pipe (`| tee`) must not stop a run mid-save
     quiet_lightning()
     try:
@@ -363,7 +380,6 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
             parser_kwargs={  # exit_on_error: a refused argument is one line, see below
                 "exit_on_error": False,
                 "prog": f"python -m {__package__}",
-                "description": OVERVIEW.format(package=__package__),
             },
             args=args,
             auto_configure_optimizers=False,
