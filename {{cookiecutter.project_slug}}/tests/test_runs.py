@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -124,9 +125,12 @@ def test_commands_that_read_a_checkpoint_write_nothing(command, trained, tmp_pat
     monkeypatch.chdir(tmp_path)
     before = listing(trained)
     ckpt = trained / "done" / "checkpoints" / "best.ckpt"
-    cli = main([command, *TINY, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        cli = main([command, *TINY, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
     assert cli.trainer.state.finished
     assert listing(trained) == before and not any(tmp_path.iterdir())
+    assert not [w for w in said if "callbacks used to create the checkpoint" in str(w.message)]
 
 
 def test_fit_with_a_checkpoint_of_another_size_stops_instead_of_taking_its_config(

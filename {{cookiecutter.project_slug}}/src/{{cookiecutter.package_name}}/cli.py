@@ -85,10 +85,13 @@ def not_an_advert(record: logging.LogRecord) -> bool:
 
 
 def quiet_lightning() -> None:
-    """Leave out what is not about this run: the tip above, and torch's deprecation warning
-    for Lightning's own use of LeafSpec (once per process, four times under DDP)."""
+    """Leave out what is not about this run: the tip above, torch's deprecation warning for
+    Lightning's own use of LeafSpec (once per process, four times under DDP), and the advice
+    to re-create the checkpoint callbacks when validate/test/predict read a checkpoint."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # validate/test/predict restore only weights: the run's checkpoint callbacks do not apply
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
 
 
 def default_precision() -> str:
