@@ -48,6 +48,7 @@ COMMON_FILES = {
     "src/{pkg}/model.py",
     "src/{pkg}/runid.py",
     "src/{pkg}/curriculum.py",
+    "src/{pkg}/devices.py",
     "src/{pkg}/graphs.py",
     "src/{pkg}/data/__init__.py",
     "src/{pkg}/data/arrays.py",

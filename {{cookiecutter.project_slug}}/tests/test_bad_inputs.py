@@ -18,7 +18,8 @@ import torch
 from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
-from {{ cookiecutter.package_name }}.cli import float64_works, main
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.devices import float64_works
 
 DATA = f"--data={PACKAGE}.data"
 # A tiny selective-copying run on the CPU; each case changes one thing.

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule
-from lightning.pytorch.accelerators import MPSAccelerator
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -33,6 +32,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from .commands import COMMANDS
+from .devices import device_settings
 from .errors import input_error
 from .module import MambaModule
 from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
@@ -94,68 +94,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
 
 
-def default_precision() -> str:
-    """bf16-mixed on a GPU that has bf16, else full fp32."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
-def float64_works(device: str) -> bool:
-    """Whether `device` computes in float64. Apple's MPS does not."""
-    try:
-        torch.ones(1, dtype=torch.float64, device=device).add_(1)
-    except (TypeError, RuntimeError):
-        return False
-    return True
-
-
-def check_cpu_settings(accelerator: str, trainer) -> None:
-    """Settings that a CPU run would not honour as written: refused or said, before any work."""
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if not on_cpu:
-        return
-    precision = str(trainer.get("precision"))
-    if precision.startswith("16"):
-        raise ValueError(
-            f"trainer.precision={precision} needs a CUDA GPU (float16 with a loss scaler); on a "
-            "CPU Lightning would train in bf16 instead. Use --trainer.precision=bf16-mixed or "
-            "32-true"
-        )
-    devices, cores = trainer.get("devices"), os.cpu_count() or 1
-    if isinstance(devices, int) and devices > cores:
-        rank_zero_info(
-            f"trainer.devices={devices} on a CPU with {cores} cores: {devices} processes share "
-            f"{cores} cores, each slower than one alone"
-        )
-
-
-def pick_accelerator(requested: str, mixer: str | None) -> str:
-    """Lightning's `auto` picks MPS on an Apple-silicon Mac; without float64 we take the CPU.
-
-    Mamba1's reference scan solves each chunk in float64, so it cannot run on MPS at all, and
-    the reference Mamba2 is not tested there: `auto` runs on the CPU and says why. Asked for
-    by name, MPS is refused for Mamba1 and left to the user for Mamba2.
-    """
-    if requested not in ("auto", "mps") or not MPSAccelerator.is_available():
-        return requested
-    if float64_works("mps"):
-        return requested
-    if requested == "mps" and mixer == "Mamba1":
-        raise ValueError(
-            "trainer.accelerator=mps: MPS has no float64, which the Mamba1 reference scan "
-            "computes in; use --trainer.accelerator=cpu (or a CUDA GPU)."
-        )
-    if requested == "auto":
-        rank_zero_info(
-            "trainer.accelerator=auto -> cpu, not Apple's MPS: MPS has no float64 (the Mamba1 "
-            "reference scan needs it) and the reference backbone is not tested there. "
-            "--trainer.accelerator=mps tries it with Mamba2."
-        )
-        return "cpu"
-    return requested
-
-
 class MambaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_class_arguments(RunConfig, "run")
@@ -214,11 +152,7 @@ class MambaCLI(LightningCLI):
             return self.instantiate_evaluation_trainer(trainer, kwargs)
         if config.get("ckpt_path") is None:
             self.resume_from = resume_checkpoint(ckpt_dir)
-        mixer = self.model.net.backbone.config.mixer
-        kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
-        if trainer.get("precision") is None:
-            kwargs["precision"] = default_precision()
-        check_cpu_settings(kwargs["accelerator"], trainer)
+        kwargs.update(device_settings(trainer, self.model.net.backbone.config.mixer))
         if trainer.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(run_dir)
         if trainer.get("logger") in (None, True):
@@ -274,10 +208,7 @@ class MambaCLI(LightningCLI):
     def instantiate_evaluation_trainer(self, trainer, kwargs):
         """validate, test and predict read a checkpoint and print: no run folder, no files."""
         self.save_config_callback = None  # config.yaml belongs to the fit that made the run
-        mixer = self.model.net.backbone.config.mixer
-        kwargs["accelerator"] = pick_accelerator(trainer.get("accelerator", "auto"), mixer)
-        if trainer.get("precision") is None:
-            kwargs["precision"] = default_precision()
+        kwargs.update(device_settings(trainer, self.model.net.backbone.config.mixer))
         if trainer.get("logger") is None:
             kwargs["logger"] = False
         return super().instantiate_trainer(**kwargs)
