@@ -299,7 +299,9 @@ def test_bad_file_stops_with_one_line_and_writes_nothing(case, tmp_path, capsys)
     folder = tmp_path / "inputs"
     folder.mkdir()
     args, message = case(folder)
+    inputs = sorted(folder.rglob("*"))
     assert_one_line_and_nothing_written(args, message, tmp_path / "runs", capsys)
+    assert sorted(folder.rglob("*")) == inputs  # no cache beside a rejected file either
 
 
 @pytest.fixture(scope="module")
