@@ -46,9 +46,8 @@ from .runs import (
     RunConfig,
     RunLock,
     TimedCheckpoint,
+    cannot_resume,
     derive_run_id,
-    other_model,
-    other_world_size,
     protect_standard_streams,
     resume_checkpoint,
     unreadable,
@@ -106,12 +105,8 @@ class MambaCLI(LightningCLI):
                 f"data.{name}", f"model.init_args.net.init_args.{name}", apply_on="instantiate"
             )
 
-    def subcommand_config(self):
-        """The parsed config of the subcommand being run (fit, validate, ...)."""
-        return self.config[self.subcommand] if self.subcommand else self.config
-
     def run_paths(self) -> tuple[str, Path, Path]:
-        config = self.subcommand_config()
+        config = self.config[self.subcommand] if self.subcommand else self.config
         run = config.run
         run_id = run.id or derive_run_id(config)
         run_dir = Path(run.root) / run_id
@@ -216,12 +211,8 @@ class MambaCLI(LightningCLI):
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
         resumed = self.resume_from or self.given_checkpoint
-        if resumed is not None and (problem := other_model(resumed, self.model)):
-            raise ValueError(
-                f"{resumed} holds another model than this config builds ({problem}); resume "
-                "with the model config it was trained with, or start afresh under a new --run.id."
-            )
-        if resumed is not None and (problem := other_world_size(resumed, self.trainer.world_size)):
+        world_size = self.trainer.world_size
+        if resumed is not None and (problem := cannot_resume(resumed, self.model, world_size)):
             raise ValueError(problem)
         if all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK")):
             lock = RunLock(self.run_dir)  # the launching process; DDP's other ranks join it

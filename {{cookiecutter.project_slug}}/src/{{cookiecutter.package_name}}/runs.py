@@ -216,10 +216,30 @@ def unreadable(path: Path) -> str | None:
     return f"missing {sorted(missing)}" if missing else None
 
 
-def other_model(path: Path, model: torch.nn.Module) -> str | None:
-    """How the weights in the checkpoint at `path` differ from `model`'s, or None if they fit."""
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
-    wanted = model.state_dict()
+def cannot_resume(path: Path, model: torch.nn.Module, world_size: int) -> str | None:
+    """Why the checkpoint at `path` cannot continue as this start (one read of its structure):
+    its weights are another model's, or another number of processes trained it. Each process
+    draws its own batch of data.batch_size from its share of the samples, so another number
+    means another batch and another data order. None when it can."""
+    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if problem := other_model(saved["state_dict"], model.state_dict()):
+        return (
+            f"{path} holds another model than this config builds ({problem}); resume with the "
+            "model config it was trained with, or start afresh under a new --run.id."
+        )
+    trained = saved.get("world_size")  # None in checkpoints that do not say
+    if trained is not None and trained != world_size:
+        return (
+            f"{path} was trained by {trained} process(es) and this start has {world_size}: each "
+            "process draws its own batch, so the batch size and the data order would change; "
+            f"resume with --trainer.devices (x num_nodes) = {trained}, or start afresh under a "
+            "new --run.id"
+        )
+    return None
+
+
+def other_model(saved: dict, wanted: dict) -> str | None:
+    """How the weights `saved` differ from the state dict `wanted`, or None if they fit."""
     for name, tensor in wanted.items():
         if name not in saved:
             return f"it has no {name}"
@@ -228,25 +248,6 @@ def other_model(path: Path, model: torch.nn.Module) -> str | None:
             return f"{name} is {shapes}"
     extra = sorted(saved.keys() - wanted.keys())
     return f"it has {extra[0]}, which this model lacks" if extra else None
-
-
-def other_world_size(path: Path, world_size: int) -> str | None:
-    """Why resuming the checkpoint at `path` with `world_size` processes would change the run.
-
-    Each process draws its own batch of data.batch_size from its share of the samples, so
-    another number of processes means another batch and another data order than the
-    checkpoint's run had. None when they agree (or the checkpoint does not say).
-    """
-    saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    trained = saved.get("world_size")
-    if trained is None or trained == world_size:
-        return None
-    return (
-        f"{path} was trained by {trained} process(es) and this start has {world_size}: each "
-        "process draws its own batch, so the batch size and the data order would change; "
-        f"resume with --trainer.devices (x num_nodes) = {trained}, or start afresh under a new "
-        "--run.id"
-    )
 
 
 def resume_checkpoint(checkpoints: Path) -> Path | None:
