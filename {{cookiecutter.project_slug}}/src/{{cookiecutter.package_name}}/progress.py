@@ -119,7 +119,7 @@ class LoggedThroughput(Callback):
         dtype = torch.float16 if precision.startswith("16") else dtype
         available = get_available_flops(device, dtype) if device.type == "cuda" else None
         self.throughput = Throughput(available_flops=available, window_size=2, separator="/")
-        self.start, self.batches, self.samples, self.tokens, self.flops = 0.0, 0, 0, 0, 0
+        self.batches, self.samples, self.tokens, self.flops = 0, 0, 0, 0
         self.measured_step = trainer.global_step
         self.start = time.perf_counter()
 
