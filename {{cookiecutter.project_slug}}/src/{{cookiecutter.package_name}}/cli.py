@@ -11,6 +11,7 @@ Every run has an id (`--run.id`, or one derived from the config) and lives in
 restart never silently begins from scratch.
 """
 
+import difflib
 import logging
 import os
 import sys
@@ -167,8 +168,8 @@ class MambaCLI(LightningCLI):
             ModelCheckpoint(
                 dirpath=ckpt_dir,
                 filename="best",
-                monitor="val/acc",
-                mode="max",
+                monitor=config.run.monitor,
+                mode=config.run.mode,
                 save_top_k=1,
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
@@ -210,6 +211,7 @@ class MambaCLI(LightningCLI):
 
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
+        check_monitors(self.trainer, self.model, self.datamodule)
         resumed = self.resume_from or self.given_checkpoint
         world_size = self.trainer.world_size
         if resumed is not None and (problem := cannot_resume(resumed, self.model, world_size)):
@@ -245,6 +247,24 @@ class MambaCLI(LightningCLI):
         if trainer.logger is not None:
             lines.append(f"curves: tensorboard --logdir {trainer.logger.log_dir}")
         rank_zero_info("\n".join(lines))
+
+
+def check_monitors(trainer, model: MambaModule, data) -> None:
+    """A callback that watches a validation metric this run does not log (run.monitor, an
+    EarlyStopping, the curriculum) is refused before training, not at the first validation."""
+    logged = model.validation_metric_names(tuple(getattr(data, "val_suffixes", ("",))))
+    for callback in trainer.callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
+            owner = (
+                "run.monitor" if isinstance(callback, ModelCheckpoint) else type(callback).__name__
+            )
+            close = difflib.get_close_matches(monitor, logged, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"{owner}: monitor={monitor!r} is not a metric this run logs; {hint}"
+                f"it logs {', '.join(logged)} (data.val_lengths adds val/...@<length>)"
+            )
 
 
 class UndoFailedStart(Callback):

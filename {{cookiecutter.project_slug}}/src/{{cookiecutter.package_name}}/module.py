@@ -85,17 +85,28 @@ class MambaModule(L.LightningModule):
         """
         return (6 if self.training else 2) * self.matmul_weights * self.batch_tokens
 
-    def log_loss(self, stage: str, loss: Tensor, batch_size: int) -> None:
-        train = stage == "train"
+    def log_loss(self, name: str, loss: Tensor, batch_size: int) -> None:
+        train = name.startswith("train/")
         self.log(
-            f"{stage}/loss",
+            name,
             loss,
             on_step=train,
             on_epoch=not train,
             prog_bar=True,
             batch_size=batch_size,
             sync_dist=True,  # under DDP: the mean over all ranks, not rank 0's share
+            add_dataloader_idx=False,  # several validation loaders are told apart by name
         )
+
+    def log_metrics(self, metrics: torchmetrics.MetricCollection, prog_bar: bool = True) -> None:
+        self.log_dict(
+            metrics, on_step=False, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False
+        )
+
+    def validation_metric_names(self, suffixes: tuple[str, ...] = ("",)) -> list[str]:
+        """What validation logs, per loader suffix: val/loss, val/acc, ... val/acc@4096."""
+        names = ["loss", *self.metrics.keys()]
+        return [f"val/{name}{suffix}" for suffix in suffixes for name in names]
 
     # --------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
@@ -103,6 +114,11 @@ class MambaModule(L.LightningModule):
         decide whether the training loss replays from CUDA graphs."""
         if self.net.backbone.impl == "fused":
             check_kernels(self.kernels)
+        # one set of validation metrics per loader: the data module names them by suffix
+        suffixes = tuple(getattr(self.trainer.datamodule, "val_suffixes", ("",)))
+        self.val_metrics = nn.ModuleList(
+            self.metrics.clone(prefix="val/", postfix=suffix or None) for suffix in suffixes
+        )
         if stage == "fit":
             self.train_loss = self.training_loss
             if self.use_cuda_graphs(self.trainer):
@@ -181,7 +197,7 @@ class LanguageModelling(MambaModule):
     def __init__(self, net: MambaLM, **kwargs):
         """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
         super().__init__(net, **kwargs)
-        metrics = torchmetrics.MetricCollection(
+        self.metrics = torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(
                     "multiclass", num_classes=net.vocab_size, ignore_index=IGNORE_INDEX
@@ -189,8 +205,8 @@ class LanguageModelling(MambaModule):
                 "ppl": torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX),
             }
         )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_metrics = nn.ModuleList([self.metrics.clone(prefix="val/")])  # per loader: setup
+        self.test_metrics = self.metrics.clone(prefix="test/")
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
@@ -203,7 +219,7 @@ class LanguageModelling(MambaModule):
         self.batch_tokens = inputs.numel()
         loss, accuracy = self.train_loss(inputs, targets)
         self.log("train/acc", accuracy, on_step=True, on_epoch=False, sync_dist=True)
-        self.log_loss("train", loss, len(targets))
+        self.log_loss("train/loss", loss, len(targets))
         return loss
 
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
@@ -212,11 +228,11 @@ class LanguageModelling(MambaModule):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
         metrics["ppl"].update(logits, targets)
-        self.log_loss(metrics.prefix.rstrip("/"), loss, len(targets))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
+        self.log_metrics(metrics)
 
-    def validation_step(self, batch, batch_idx):
-        self.evaluate(batch, self.val_metrics)
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.evaluate(batch, self.val_metrics[dataloader_idx])
 
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, self.test_metrics)
@@ -235,16 +251,16 @@ class Classification(MambaModule):
         super().__init__(net, **kwargs)
         kind = "binary" if net.num_classes == 2 else "multiclass"
         args = {} if kind == "binary" else {"num_classes": net.num_classes}
-        metrics = torchmetrics.MetricCollection(
+        self.metrics = torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(kind, **args),
                 "f1": torchmetrics.F1Score(kind, average="macro", **args),
                 "auroc": torchmetrics.AUROC(kind, **args),
             }
         )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_metrics = self.metrics.clone(prefix="train/")
+        self.val_metrics = nn.ModuleList([self.metrics.clone(prefix="val/")])  # per loader: setup
+        self.test_metrics = self.metrics.clone(prefix="test/")
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.net(inputs).float()  # (B, K)
@@ -253,14 +269,13 @@ class Classification(MambaModule):
     def measure(self, metrics: torchmetrics.MetricCollection, logits: Tensor, targets) -> None:
         scores = logits.softmax(-1)
         metrics.update(scores[:, 1] if self.net.num_classes == 2 else scores, targets)
-        train = metrics.prefix == "train/"
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not train)
+        self.log_metrics(metrics, prog_bar=metrics.prefix != "train/")
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
         self.batch_tokens = inputs.shape[0] * inputs.shape[1]
         loss, logits = self.train_loss(inputs, targets)
-        self.log_loss("train", loss, len(targets))
+        self.log_loss("train/loss", loss, len(targets))
         return {"loss": loss, "logits": logits.detach()}
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -272,11 +287,11 @@ class Classification(MambaModule):
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
         inputs, targets = batch
         loss, logits = self.training_loss(inputs, targets)
-        self.log_loss(metrics.prefix.rstrip("/"), loss, len(targets))
+        self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
         self.measure(metrics, logits, targets)
 
-    def validation_step(self, batch, batch_idx):
-        self.evaluate(batch, self.val_metrics)
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.evaluate(batch, self.val_metrics[dataloader_idx])
 
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, self.test_metrics)

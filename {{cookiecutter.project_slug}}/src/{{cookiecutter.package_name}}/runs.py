@@ -33,6 +33,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,19 +51,23 @@ LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
 
 @dataclass
 class RunConfig:
-    """Where a run lives and how often it checkpoints.
+    """Where a run lives, how often it checkpoints, and which checkpoint is the best.
 
     Args:
         id: stable name of the run; default: config file name + hash of model/data/seed.
         root: checkpoints go to <root>/<id>/checkpoints.
         log_root: TensorBoard logs go to <log_root>/<id>; default: root.
         checkpoint_minutes: write last.ckpt at least this often while training.
+        monitor: the validation metric that picks best.ckpt, e.g. val/acc or val/loss@4096.
+        mode: max or min: whether a higher or a lower `monitor` is better.
     """
 
     id: str | None = None
     root: str = "runs"
     log_root: str | None = None
     checkpoint_minutes: float = 10.0
+    monitor: str = "val/acc"
+    mode: Literal["max", "min"] = "max"
 
     def __post_init__(self):
         if self.id is not None and not is_run_id(self.id):

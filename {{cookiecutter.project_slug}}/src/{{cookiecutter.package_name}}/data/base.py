@@ -55,6 +55,8 @@ class BaseDataModule(LightningDataModule):
     """Shared plumbing: argument checks, the attributes the model reads and the DataLoaders."""
 
     task: str
+    # one per validation loader: what its metric names end with (val/acc, val/acc@4096, ...)
+    val_suffixes: tuple[str, ...] = ("",)
 
     def __init__(self, batch_size: int, num_workers: int, seed: int):
         super().__init__()
@@ -74,10 +76,10 @@ class BaseDataModule(LightningDataModule):
         if not ok:
             raise error(f"{type(self).__name__}: {message}")
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: str, **args) -> Dataset:
         raise NotImplementedError
 
-    def loader(self, split: str) -> StatefulDataLoader:
+    def loader(self, split: str, **args) -> StatefulDataLoader:
         # The sampler, not Lightning, splits the data across DDP ranks, in every run: the order
         # is a permutation drawn from (seed, epoch) and rank r takes every world_size-th index
         # of it, so N processes with batch B see the samples one process sees with batch N*B.
@@ -85,7 +87,7 @@ class BaseDataModule(LightningDataModule):
         # stores that in checkpoints, so a resumed run continues with the batch it would have
         # seen next instead of restarting the epoch.
         trainer = self.trainer
-        dataset = self.dataset(split)
+        dataset = self.dataset(split, **args)
         sampler = DistributedSampler(
             dataset,
             num_replicas=trainer.world_size if trainer is not None else 1,
@@ -127,6 +129,10 @@ class GeneratedDataModule(BaseDataModule):
     loader is built, `validate` runs and the args are read from the attributes of the same names,
     so a callback may change them (for example raise `seq_len`, for a length curriculum)
     between epochs when the Trainer runs with `reload_dataloaders_every_n_epochs=1`.
+
+    `val_lengths` adds a validation loader at each of those lengths, after the one at `seq_len`:
+    their metrics are named by length (val/acc@4096, val/loss@4096), so a checkpoint can be
+    chosen by how far it extrapolates (`run.monitor` in the config).
     """
 
     sample: Callable[..., Sample]
@@ -138,17 +144,43 @@ class GeneratedDataModule(BaseDataModule):
         batch_size: int,
         num_workers: int,
         seed: int,
+        val_lengths: list[int] | None = None,
     ):
         super().__init__(batch_size, num_workers, seed)
         self.num_samples = {"train": num_train_samples, "val": num_val_samples}
         for split, n in self.num_samples.items():
             self.check(n >= 1, f"num_{split}_samples={n} must be positive; use 1 or more")
+        self.val_lengths = list(val_lengths or [])
+        self.check(
+            all(n >= 1 for n in self.val_lengths)
+            and len(set(self.val_lengths)) == len(self.val_lengths),
+            f"val_lengths={self.val_lengths} must be distinct positive lengths, e.g. [4096]",
+        )
+        self.val_suffixes = ("", *(f"@{n}" for n in self.val_lengths))
 
-    def validate(self) -> None:
+    def check_val_lengths(self) -> None:
+        """Each extra validation length must be one the task can have (run after __init__)."""
+        for length in self.val_lengths:
+            try:
+                self.dataset("val", seq_len=length)
+            except ValueError as err:
+                raise ValueError(
+                    f"{type(self).__name__}: val_lengths={self.val_lengths}: {err}"
+                ) from None
+
+    def validate(self, **args) -> None:
+        """Raise ValueError for settings the task cannot have; `args` as in `dataset`."""
         raise NotImplementedError
 
-    def dataset(self, split: str) -> Dataset:
-        self.validate()
+    def dataset(self, split: str, **args) -> Dataset:
+        """The split's samples; `args` overrides attributes of the same names (seq_len=4096)."""
+        self.validate(**args)
         names = list(inspect.signature(self.sample).parameters)[1:]  # all but rng
-        make = partial(self.sample, **{name: getattr(self, name) for name in names})
+        make = partial(self.sample, **{name: args.get(name, getattr(self, name)) for name in names})
         return SeededDataset(make, self.num_samples[split], self.seed, split)
+
+    def val_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
+        """The loader at seq_len, then one per val_lengths (the same seeds, longer samples)."""
+        if not self.val_lengths:
+            return self.loader("val")
+        return [self.loader("val"), *(self.loader("val", seq_len=n) for n in self.val_lengths)]

@@ -34,8 +34,8 @@ class SyntheticSeries(GeneratedDataModule):
         self.num_channels, self.num_classes = num_channels, num_classes
         self.validate()
 
-    def validate(self) -> None:
-        c, k, n = self.num_channels, self.num_classes, self.seq_len
+    def validate(self, **args) -> None:
+        c, k, n = self.num_channels, self.num_classes, args.get("seq_len", self.seq_len)
         self.check(c >= 1, f"num_channels={c} must be positive; use num_channels >= 1")
         self.check(k >= 2, f"num_classes={k} is not a classification; use num_classes >= 2")
         self.check(self.noise >= 0, f"noise={self.noise} is negative; use noise >= 0")

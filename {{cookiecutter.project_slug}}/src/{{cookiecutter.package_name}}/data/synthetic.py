@@ -34,15 +34,19 @@ class SelectiveCopying(GeneratedDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        val_lengths: list[int] | None = None,
     ):
-        super().__init__(num_train_samples, num_val_samples, batch_size, num_workers, seed)
+        super().__init__(
+            num_train_samples, num_val_samples, batch_size, num_workers, seed, val_lengths
+        )
         self.seq_len, self.num_tokens, self.num_symbols = seq_len, num_tokens, num_symbols
         self.blank_id, self.marker_id = num_symbols, num_symbols + 1
         self.vocab_size = num_symbols + 2
         self.validate()
+        self.check_val_lengths()
 
-    def validate(self) -> None:
-        n, k, s = self.seq_len, self.num_tokens, self.num_symbols
+    def validate(self, **args) -> None:
+        n, k, s = args.get("seq_len", self.seq_len), self.num_tokens, self.num_symbols
         self.check(s >= 2, f"num_symbols={s} leaves nothing to tell apart; use num_symbols >= 2")
         self.check(k >= 1, f"num_tokens={k} gives nothing to copy; use num_tokens >= 1")
         self.check(k < n, f"num_tokens={k} does not fit in seq_len={n}; use num_tokens < seq_len")
@@ -82,15 +86,19 @@ class InductionHeads(GeneratedDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        val_lengths: list[int] | None = None,
     ):
-        super().__init__(num_train_samples, num_val_samples, batch_size, num_workers, seed)
+        super().__init__(
+            num_train_samples, num_val_samples, batch_size, num_workers, seed, val_lengths
+        )
         self.seq_len, self.num_symbols = seq_len, num_symbols
         self.trigger_id = num_symbols
         self.vocab_size = num_symbols + 1
         self.validate()
+        self.check_val_lengths()
 
-    def validate(self) -> None:
-        n, s = self.seq_len, self.num_symbols
+    def validate(self, **args) -> None:
+        n, s = args.get("seq_len", self.seq_len), self.num_symbols
         self.check(s >= 2, f"num_symbols={s} leaves nothing to recall; use num_symbols >= 2")
         self.check(n >= 3, f"seq_len={n} has no room for trigger, answer and query; use >= 3")
 
