@@ -77,6 +77,12 @@ ARGUMENTS = {
     "checkpoint_minutes_zero": (["--run.checkpoint_minutes=0"], "checkpoint_minutes=0.0 must"),
     "checkpoint_minutes_negative": (["--run.checkpoint_minutes=-1"], "checkpoint_minutes=-1.0"),
     "unknown_run_key": (["--run.folder=x"], "run.folder"),
+    "monitor_not_logged": (
+        ["--data.val_lengths=[48]", "--run.monitor=val/acc@84"],
+        "run.monitor: monitor='val/acc@84' is not a metric this run logs; did you mean val/acc@48?",
+    ),
+    "monitor_mode_unknown": (["--run.mode=higher"], "Got value: higher"),
+    "val_length_too_short": (["--data.val_lengths=[4]"], "num_tokens=4 does not fit in seq_len=4"),
     "copying_longer_than_context": (["--data.num_tokens=30"], "num_tokens=30 does not fit"),
     "copying_nothing": (["--data.num_tokens=0"], "num_tokens=0 gives nothing to copy"),
     "copying_one_symbol": (["--data.num_symbols=1"], "num_symbols=1 leaves nothing"),

@@ -429,3 +429,13 @@ def test_array_rejects_missing_files_and_unclear_layouts(tmp_path):
     narrow = write_npz(tmp_path / "narrow.npz", x=x[..., :1], y=y)
     with pytest.raises(ValueError, match=r"narrow.npz has C=1 channels but .* has C=3"):
         ArrayClassification(write_npz(tmp_path / "d.npz", x=x, y=y), val_path=narrow)
+
+
+def test_val_lengths_add_a_validation_loader_per_length_named_by_it():
+    dm = InductionHeads(
+        seq_len=16, num_symbols=4, batch_size=4, num_val_samples=8, val_lengths=[64]
+    )
+    short, long = dm.val_dataloader()
+    assert next(iter(short))[0].shape == (4, 16) and next(iter(long))[0].shape == (4, 64)
+    assert dm.val_suffixes == ("", "@64")
+    assert InductionHeads(seq_len=16).val_dataloader().dataset.size == 1000  # one loader

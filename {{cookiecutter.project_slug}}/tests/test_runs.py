@@ -157,6 +157,21 @@ def test_fit_ends_with_a_summary_of_the_run(trained, caplog):
     assert f"curves: tensorboard --logdir {trained / 'summary'}" in said
 
 
+def test_best_ckpt_follows_run_monitor_at_another_length_and_a_tie_keeps_the_later(tmp_path):
+    """data.val_lengths adds a loader named by its length; run.monitor picks best.ckpt by it.
+    At lr 1e-9 the accuracy cannot move: every validation ties, and the later one is kept."""
+    args = ["fit", *TINY, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    args += ["--model.lr=1e-9", "--data.val_lengths=[48]", "--run.monitor=val/acc@48"]
+    cli = main([*args, f"--run.root={tmp_path}", "--run.id=tie"])
+    logged = cli.trainer.callback_metrics
+    assert {"val/acc", "val/loss", "val/acc@48", "val/loss@48", "val/ppl@48"} <= set(logged)
+    assert not [name for name in logged if "dataloader_idx" in name]
+    best = torch.load(tmp_path / "tie" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 4  # Lightning alone keeps the first of equal scores: step 2
+    [chosen] = [c for c in cli.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+    assert chosen.monitor == "val/acc@48" and chosen.best_model_score == logged["val/acc@48"]
+
+
 def test_help_names_the_command_and_every_subcommand():
     done = subprocess.run(
         [sys.executable, "-m", PACKAGE, "--help"], cwd=PROJECT, capture_output=True, text=True

@@ -40,6 +40,7 @@ from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
 from .runs import (
     LAST,
     AtomicCheckpointIO,
+    BestCheckpoint,
     ContinueTensorBoard,
     FlushedTensorBoardLogger,
     Interrupted,
@@ -165,7 +166,7 @@ class MambaCLI(LightningCLI):
         # time-based checkpoint), and by LastCheckpoint after each validation, at the end and
         # on SIGINT/SIGTERM. No -v1 copies: a restart overwrites the same files.
         callbacks += [
-            ModelCheckpoint(
+            BestCheckpoint(
                 dirpath=ckpt_dir,
                 filename="best",
                 monitor=config.run.monitor,

@@ -314,6 +314,24 @@ class ContinueTensorBoard(Callback):
                 logger.experiment.file_writer.add_event(marker)
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """best.ckpt: the checkpoint with the best `monitor`, and of equal scores the latest.
+
+    Lightning keeps the first of equal scores. A metric that saturates (accuracy 1.0, or a
+    loss of exactly 0.0 in float32) would then keep the first checkpoint to reach it, although
+    the training after it went on improving what the metric no longer shows: for induction
+    heads, how far beyond its validation length the model still recalls (README.md).
+    """
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        best = self.best_model_score
+        if current is not None and best is not None and self.save_top_k == 1:
+            tie = float(current) == float(best)
+            if trainer.strategy.reduce_boolean_decision(tie):  # every rank decides alike
+                return True
+        return super().check_monitor_top_k(trainer, current)
+
+
 class TimedCheckpoint(ModelCheckpoint):
     """Lightning's time-based last.ckpt, minus its end-of-training save.
 
