@@ -113,7 +113,7 @@ COMMON_FILES = {
 }
 TASK_FILES = {
     "language_model": {
-        "benchmarks/induction_heads.py",
+        "benchmarks/paper_tables.py",
         "benchmarks/results/copying_gpu.json",
         "benchmarks/results/induction_heads_gpu.json",
         "configs/copying_paper.yaml",
