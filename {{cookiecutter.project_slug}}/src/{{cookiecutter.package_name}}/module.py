@@ -103,21 +103,25 @@ class MambaModule(L.LightningModule):
             metrics, on_step=False, on_epoch=True, prog_bar=prog_bar, add_dataloader_idx=False
         )
 
+    def new_metrics(self) -> torchmetrics.MetricCollection:
+        """The task's evaluation metrics, unprefixed (acc, ...): one fresh set per use."""
+        raise NotImplementedError
+
     def validation_metric_names(self, suffixes: tuple[str, ...] = ("",)) -> list[str]:
         """What validation logs, per loader suffix: val/loss, val/acc, ... val/acc@4096."""
-        names = ["loss", *self.metrics.keys()]
+        names = ["loss", *self.new_metrics().keys()]
         return [f"val/{name}{suffix}" for suffix in suffixes for name in names]
 
     # --------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
-        """Runs on every process before training/evaluation: check the fused kernels and
-        decide whether the training loss replays from CUDA graphs."""
+        """Runs on every process before training/evaluation: check the fused kernels, make the
+        validation metrics (a set per loader) and decide whether the loss replays from graphs."""
         if self.net.backbone.impl == "fused":
             check_kernels(self.kernels)
         # one set of validation metrics per loader: the data module names them by suffix
         suffixes = tuple(getattr(self.trainer.datamodule, "val_suffixes", ("",)))
         self.val_metrics = nn.ModuleList(
-            self.metrics.clone(prefix="val/", postfix=suffix or None) for suffix in suffixes
+            self.new_metrics().clone(prefix="val/", postfix=suffix or None) for suffix in suffixes
         )
         if stage == "fit":
             self.train_loss = self.training_loss
@@ -197,16 +201,18 @@ class LanguageModelling(MambaModule):
     def __init__(self, net: MambaLM, **kwargs):
         """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
         super().__init__(net, **kwargs)
-        self.metrics = torchmetrics.MetricCollection(
+        self.val_metrics = nn.ModuleList([self.new_metrics().clone(prefix="val/")])  # see setup
+        self.test_metrics = self.new_metrics().clone(prefix="test/")
+
+    def new_metrics(self) -> torchmetrics.MetricCollection:
+        return torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(
-                    "multiclass", num_classes=net.vocab_size, ignore_index=IGNORE_INDEX
+                    "multiclass", num_classes=self.net.vocab_size, ignore_index=IGNORE_INDEX
                 ),
                 "ppl": torchmetrics.text.Perplexity(ignore_index=IGNORE_INDEX),
             }
         )
-        self.val_metrics = nn.ModuleList([self.metrics.clone(prefix="val/")])  # per loader: setup
-        self.test_metrics = self.metrics.clone(prefix="test/")
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
@@ -249,18 +255,20 @@ class Classification(MambaModule):
     def __init__(self, net: MambaClassifier, **kwargs):
         """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
         super().__init__(net, **kwargs)
-        kind = "binary" if net.num_classes == 2 else "multiclass"
-        args = {} if kind == "binary" else {"num_classes": net.num_classes}
-        self.metrics = torchmetrics.MetricCollection(
+        self.train_metrics = self.new_metrics().clone(prefix="train/")
+        self.val_metrics = nn.ModuleList([self.new_metrics().clone(prefix="val/")])  # see setup
+        self.test_metrics = self.new_metrics().clone(prefix="test/")
+
+    def new_metrics(self) -> torchmetrics.MetricCollection:
+        kind = "binary" if self.net.num_classes == 2 else "multiclass"
+        args = {} if kind == "binary" else {"num_classes": self.net.num_classes}
+        return torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(kind, **args),
                 "f1": torchmetrics.F1Score(kind, average="macro", **args),
                 "auroc": torchmetrics.AUROC(kind, **args),
             }
         )
-        self.train_metrics = self.metrics.clone(prefix="train/")
-        self.val_metrics = nn.ModuleList([self.metrics.clone(prefix="val/")])  # per loader: setup
-        self.test_metrics = self.metrics.clone(prefix="test/")
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.net(inputs).float()  # (B, K)
