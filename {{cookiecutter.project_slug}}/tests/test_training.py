@@ -164,6 +164,26 @@ def test_print_config_shows_every_shipped_config(config):
     assert printed["trainer"]["gradient_clip_val"] == 1.0
 
 
+GENERATED = ("SelectiveCopying", "InductionHeads", "SyntheticSeries")
+GENERATED_TASK_CONFIGS = [  # the shipped configs that need no file and no download
+    c
+    for c in sorted((PROJECT / "configs").glob("*.yaml"))
+    if any(t in c.read_text() for t in GENERATED)
+]
+
+
+@pytest.mark.parametrize("config", GENERATED_TASK_CONFIGS, ids=lambda p: p.name)
+def test_every_monitor_of_a_shipped_config_names_a_metric_the_run_logs(config, tmp_path):
+    """run.monitor, EarlyStopping and the curriculum are checked before the first step; a
+    config whose monitor names no logged metric (a length missing from val_lengths) stops."""
+    args = ["fit", f"--config={config}", "--trainer.max_steps=0", "--trainer.accelerator=cpu"]
+    args += ["--trainer.num_sanity_val_steps=0", "--data.num_workers=0", f"--run.root={tmp_path}"]
+    cli = main(args)
+    watched = {c.monitor for c in cli.trainer.callbacks if getattr(c, "monitor", None)}
+    logged = cli.model.validation_metric_names(cli.datamodule.val_suffixes)
+    assert watched and watched <= set(logged)
+
+
 def test_optimizer_skips_decay_for_marked_params_norms_and_biases():
     model = LanguageModelling(tiny_lm(), weight_decay=0.1)
     model.trainer = type("T", (), {"estimated_stepping_batches": 100})()
