@@ -180,7 +180,7 @@ def test_every_monitor_of_a_shipped_config_names_a_metric_the_run_logs(config, t
     args += ["--trainer.num_sanity_val_steps=0", "--data.num_workers=0", f"--run.root={tmp_path}"]
     cli = main(args)
     watched = {c.monitor for c in cli.trainer.callbacks if getattr(c, "monitor", None)}
-    logged = cli.model.validation_metric_names(cli.datamodule.val_suffixes)
+    logged = cli.model.validation_metric_names(cli.datamodule)
     assert watched and watched <= set(logged)
 
 

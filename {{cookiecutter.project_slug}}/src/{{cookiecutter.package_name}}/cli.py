@@ -24,7 +24,6 @@ from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
-    ModelCheckpoint,
     ModelSummary,
     ProgressBar,
     TQDMProgressBar,
@@ -253,12 +252,12 @@ class MambaCLI(LightningCLI):
 def check_monitors(trainer, model: MambaModule, data) -> None:
     """A callback that watches a validation metric this run does not log (run.monitor, an
     EarlyStopping, the curriculum) is refused before training, not at the first validation."""
-    logged = model.validation_metric_names(tuple(getattr(data, "val_suffixes", ("",))))
+    logged = model.validation_metric_names(data)
     for callback in trainer.callbacks:
         monitor = getattr(callback, "monitor", None)
         if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
             owner = (
-                "run.monitor" if isinstance(callback, ModelCheckpoint) else type(callback).__name__
+                "run.monitor" if isinstance(callback, BestCheckpoint) else type(callback).__name__
             )
             close = difflib.get_close_matches(monitor, logged, n=1)
             hint = f"did you mean {close[0]}? " if close else ""

@@ -107,10 +107,10 @@ class MambaModule(L.LightningModule):
         """The task's evaluation metrics, unprefixed (acc, ...): one fresh set per use."""
         raise NotImplementedError
 
-    def validation_metric_names(self, suffixes: tuple[str, ...] = ("",)) -> list[str]:
-        """What validation logs, per loader suffix: val/loss, val/acc, ... val/acc@4096."""
+    def validation_metric_names(self, data) -> list[str]:
+        """What validation logs with this data module: val/loss, val/acc, ... val/acc@4096."""
         names = ["loss", *self.new_metrics().keys()]
-        return [f"val/{name}{suffix}" for suffix in suffixes for name in names]
+        return [f"val/{name}{suffix}" for suffix in loader_suffixes(data) for name in names]
 
     # --------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
@@ -118,10 +118,9 @@ class MambaModule(L.LightningModule):
         validation metrics (a set per loader) and decide whether the loss replays from graphs."""
         if self.net.backbone.impl == "fused":
             check_kernels(self.kernels)
-        # one set of validation metrics per loader: the data module names them by suffix
-        suffixes = tuple(getattr(self.trainer.datamodule, "val_suffixes", ("",)))
-        self.val_metrics = nn.ModuleList(
-            self.new_metrics().clone(prefix="val/", postfix=suffix or None) for suffix in suffixes
+        self.val_metrics = nn.ModuleList(  # one set per validation loader, named by suffix
+            self.new_metrics().clone(prefix="val/", postfix=suffix or None)
+            for suffix in loader_suffixes(self.trainer.datamodule)
         )
         if stage == "fit":
             self.train_loss = self.training_loss
@@ -306,6 +305,12 @@ class Classification(MambaModule):
 
     def predict_step(self, batch, batch_idx):
         return self.net(batch[0]).float().softmax(-1)
+
+
+def loader_suffixes(data) -> tuple[str, ...]:
+    """What each validation loader's metric names end with: the data module's `val_suffixes`
+    ("", "@4096", ...); one unnamed loader for data without them (or no data module)."""
+    return tuple(getattr(data, "val_suffixes", ("",)))
 
 
 def _loss_scaler(trainer):

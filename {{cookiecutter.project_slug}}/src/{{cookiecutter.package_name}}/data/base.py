@@ -162,11 +162,9 @@ class GeneratedDataModule(BaseDataModule):
         """Each extra validation length must be one the task can have (run after __init__)."""
         for length in self.val_lengths:
             try:
-                self.dataset("val", seq_len=length)
+                self.validate(seq_len=length)
             except ValueError as err:
-                raise ValueError(
-                    f"{type(self).__name__}: val_lengths={self.val_lengths}: {err}"
-                ) from None
+                raise ValueError(f"{err} (in val_lengths={self.val_lengths})") from None
 
     def validate(self, **args) -> None:
         """Raise ValueError for settings the task cannot have; `args` as in `dataset`."""
