@@ -12,7 +12,7 @@ from conftest import PACKAGE, PROJECT, TINY, TINY_CLASSIFIER
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.classifier import MambaClassifier
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.loss import linear_cross_entropy
+from {{ cookiecutter.package_name }}.loss import linear_cross_entropy, precise_cross_entropy
 from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.module import LanguageModelling, warmup_cosine
 
@@ -259,6 +259,28 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(ch
     expected_grads = torch.autograd.grad(2.5 * expected, (hidden, weight))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 4096])
+def test_precise_cross_entropy_is_the_loss_and_stays_above_zero_for_a_sure_model(chunk_size):
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(3, 11, 16, generator=g)
+    targets = torch.randint(0, 16, (3, 11), generator=g)
+    targets[0, :4] = -100
+    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(precise_cross_entropy(logits, targets, chunk_size=chunk_size), plain)
+    # a sure model: every target ahead by 30 to 40 logits; float32's plain loss reads 0.0
+    margin = 30 + 10 * torch.rand(3, 11, 1, generator=g)
+    sure = torch.randn(3, 11, 16, generator=g).scatter(-1, targets.clamp(min=0)[..., None], margin)
+    plain = F.cross_entropy(sure.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    scored = targets != -100
+    x = sure.double()[scored]  # (N, 16): -log p = log1p(sum over the others of exp(x - x_t))
+    target = F.one_hot(targets[scored], 16).bool()
+    own = x[target][:, None]
+    exact = torch.log1p((x - own).exp().masked_fill(target, 0).sum(1)).mean()
+    assert plain == 0.0 and 1e-20 < exact < 1e-10
+    got = precise_cross_entropy(sure, targets, chunk_size=chunk_size)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=0)
 
 
 CURRICULUM = [

@@ -76,3 +76,30 @@ def linear_cross_entropy(
             chunk_size,
             ignore_index,
         )
+
+
+def precise_cross_entropy(
+    logits: Tensor, targets: Tensor, ignore_index: int = -100, chunk_size: int = 4096
+) -> Tensor:
+    """Mean cross-entropy over the scored positions that stays exact as it approaches 0.
+
+    `F.cross_entropy` takes log(1 + mass of the other classes) in the logits' dtype, and in
+    float32 that is log(1.0) = 0 once the other classes' mass is below float32's epsilon:
+    about 17 logits of margin over a 16-symbol vocabulary. A validation loss of exactly 0.0
+    ties every confident checkpoint, so a `run.monitor` on it cannot rank them. Here each
+    position's loss is softplus(logsumexp of the other logits - the target's logit), which
+    keeps its value down to margins of about 100 logits. logits (..., V), targets (...).
+    """
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1)
+    total = logits.new_zeros((), dtype=torch.float32)
+    scored = 0
+    for start in range(0, len(targets), chunk_size):  # one (chunk, V) copy at a time
+        t = targets[start : start + chunk_size]
+        keep = t != ignore_index
+        x = logits[start : start + chunk_size][keep].float()
+        t = t[keep, None]
+        others = x.scatter(1, t, float("-inf")).logsumexp(1)
+        total += F.softplus(others - x.gather(1, t).squeeze(1)).sum()
+        scored += len(t)
+    return total / max(scored, 1)

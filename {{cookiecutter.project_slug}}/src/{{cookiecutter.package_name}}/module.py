@@ -24,7 +24,7 @@ from .classifier import MambaClassifier
 from .data import IGNORE_INDEX
 from .graphs import GraphedLoss, Setting, decide
 from .kernels import Policy, check_kernels
-from .loss import linear_cross_entropy
+from .loss import linear_cross_entropy, precise_cross_entropy
 from .model import MambaLM
 
 NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "config"}
@@ -230,7 +230,7 @@ class LanguageModelling(MambaModule):
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
         inputs, targets = batch
         logits = self.net(inputs).float()  # (B, L, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        loss = precise_cross_entropy(logits, targets, IGNORE_INDEX)  # no 0.0 for a sure model
         metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
         metrics["ppl"].update(logits, targets)
         self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
@@ -293,7 +293,8 @@ class Classification(MambaModule):
 
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
         inputs, targets = batch
-        loss, logits = self.training_loss(inputs, targets)
+        logits = self.net(inputs).float()  # (B, K)
+        loss = precise_cross_entropy(logits, targets)  # no 0.0 for a sure model
         self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
         self.measure(metrics, logits, targets)
 
