@@ -95,13 +95,11 @@ def precise_cross_entropy(
     logits = logits.reshape(-1, logits.shape[-1])
     targets = targets.reshape(-1)
     total = logits.new_zeros((), dtype=torch.float32)
-    scored = 0
     for start in range(0, len(targets), chunk_size):  # one (chunk, V) copy at a time
+        x = logits[start : start + chunk_size].float()
         t = targets[start : start + chunk_size]
-        keep = t != ignore_index
-        x = logits[start : start + chunk_size][keep].float()
-        t = t[keep, None]
-        others = x.scatter(1, t, float("-inf")).logsumexp(1)
-        total += F.softplus(others - x.gather(1, t).squeeze(1)).sum()
-        scored += len(t)
-    return total / max(scored, 1)
+        index = t.clamp(min=0)[:, None]  # an ignored position's row is computed, then dropped
+        others = x.scatter(1, index, float("-inf")).logsumexp(1)
+        loss = F.softplus(others - x.gather(1, index).squeeze(1))
+        total += torch.where(t != ignore_index, loss, 0.0).sum()
+    return total / (targets != ignore_index).sum().clamp(min=1)
