@@ -19,7 +19,7 @@ ANSWERS = json.loads(r"""{{ cookiecutter | jsonify }}""")
 CHOICES = {
     "license": ["MIT", "Apache-2.0", "BSD-3-Clause", "none"],
     "python_version": ["3.12", "3.11"],
-    "mamba_version": ["Mamba2", "Mamba1"],
+    "mamba_version": ["Mamba2", "Mamba1", "Mamba3"],
     "task": ["language_model", "sequence_classification"],
     "modal_gpu": ["A100-80GB", "H100", "H200", "B200", "A100-40GB", "L40S", "L4", "A10"],
 }
@@ -31,6 +31,9 @@ UNSUPPORTED_GPUS = {
     ),
     "A10G": "Modal calls this GPU A10",
 }
+
+# Mamba-3's Triton kernels use Hopper's tensor memory accelerator: the GPUs they were run on.
+MAMBA3_GPUS = ("H100", "H200")
 
 # Import names the generated project (or what it installs) already uses. A package of the
 # same name would hide the real one on sys.path, or be hidden by it.
@@ -146,6 +149,12 @@ def problems(answers: dict) -> list[tuple[str, str]]:
             rule(field, True, f"is not supported: {UNSUPPORTED_GPUS[value]}")
         else:
             rule(field, value not in options, f"must be one of {', '.join(options)}")
+    rule(
+        "modal_gpu",
+        answers["mamba_version"] == "Mamba3" and answers["modal_gpu"] not in MAMBA3_GPUS,
+        "cannot train mamba_version=Mamba3: its Triton kernels need a Hopper GPU; "
+        f"answer modal_gpu={' or '.join(MAMBA3_GPUS)}",
+    )
     return found
 
 

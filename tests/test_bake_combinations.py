@@ -1,7 +1,7 @@
 """Bake every combination of the options that shape the project and check each bake.
 
 license, python_version, mamba_version and task change which files exist or what they say,
-so their full product is baked (4 x 2 x 2 x 2 = 32 projects). modal_gpu only names the GPU
+so their full product is baked (4 x 2 x 3 x 2 = 48 projects). modal_gpu only names the GPU
 that Modal rents: `test_modal_gpu_only_substitutes_its_value` proves that, so each GPU is
 baked once, with the other options at their defaults.
 """
@@ -23,6 +23,9 @@ COMBINATIONS = [
     dict(zip(SHAPING, values, strict=True))
     for values in itertools.product(*(CHOICES[name] for name in SHAPING))
 ]
+for answers in COMBINATIONS:  # Mamba-3's kernels run on Hopper GPUs only (the hook's rule)
+    if answers["mamba_version"] == "Mamba3":
+        answers["modal_gpu"] = "H100"
 
 # The project every bake contains, relative to its root. Keep in step with the template.
 COMMON_FILES = {
@@ -60,13 +63,22 @@ COMMON_FILES = {
     "src/{pkg}/kernels.py",
     "src/{pkg}/launch.py",
     "src/{pkg}/loss.py",
-    "src/{pkg}/mixers.py",
+    "src/{pkg}/mixers/__init__.py",
+    "src/{pkg}/mixers/layers.py",
+    "src/{pkg}/mixers/mamba1.py",
+    "src/{pkg}/mixers/mamba2.py",
+    "src/{pkg}/mixers/mamba3.py",
+    "src/{pkg}/ops.py",
     "src/{pkg}/module.py",
     "src/{pkg}/pretrained.py",
     "src/{pkg}/progress.py",
     "src/{pkg}/runs.py",
     "src/{pkg}/scan.py",
     "tests/test_backbone.py",
+    "tests/test_layers.py",
+    "tests/test_layers_gpu.py",
+    "tests/test_mamba3.py",
+    "tests/test_mamba3_gpu.py",
     "tests/test_bad_inputs.py",
     "tests/test_data.py",
     "tests/test_ddp.py",
@@ -99,6 +111,7 @@ COMMON_FILES = {
     "benchmarks/gpu_check.py",
     "benchmarks/gpu/__init__.py",
     "benchmarks/gpu/cli_row.py",
+    "benchmarks/gpu/layers.py",
     "benchmarks/gpu/common.py",
     "benchmarks/gpu/copying.py",
     "benchmarks/gpu/loss.py",

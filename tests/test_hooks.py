@@ -71,6 +71,11 @@ REJECTED = {
     "package_name_that_shadows_einops": ({"package_name": "einops"}, "package_name", "dependency"),
     "package_name_that_shadows_numpy": ({"package_name": "numpy"}, "package_name", "dependency"),
     "slug_with_a_space": ({"project_slug": "mamba project"}, "project_slug", "folder name"),
+    "mamba3_on_an_a100": (
+        {"mamba_version": "Mamba3", "modal_gpu": "A100-80GB"},
+        "modal_gpu",
+        "its Triton kernels need a Hopper GPU; answer modal_gpu=H100 or H200",
+    ),
     "slug_with_capitals": ({"project_slug": "Mamba-Project"}, "project_slug", "lower-case"),
     "slug_that_starts_with_a_dash": ({"project_slug": "-mamba"}, "project_slug", "starting"),
     "slug_that_ends_with_a_dot": ({"project_slug": "mamba."}, "project_slug", "ending"),

@@ -1,6 +1,6 @@
 """Decoding speed on a GPU: MambaLM.generate against mamba-ssm's own generate(cg=True).
 
-    python benchmarks/generate_speed.py                     # both mixers, about 2 minutes
+    python benchmarks/generate_speed.py                     # every mixer, about 3 minutes
     python benchmarks/generate_speed.py --mixers Mamba2 --profile
 
 mamba-130m's shape (24 layers x d_model 768, vocab 50280) with random weights, a prompt of 64
@@ -38,7 +38,11 @@ from {{ cookiecutter.package_name }}.model import MambaLM
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = {"d_model": 768, "n_layer": 24, "vocab": 50280, "prompt": 64, "new_tokens": 256}
-MIXER_STATE = {"Mamba1": {"d_state": 16}, "Mamba2": {"d_state": 128, "headdim": 64}}
+MIXER_STATE = {
+    "Mamba1": {"d_state": 16},
+    "Mamba2": {"d_state": 128, "headdim": 64},
+    "Mamba3": {"d_state": 128, "headdim": 64},
+}
 DTYPES = ("fp32", "bf16", "autocast")
 BATCHES = (1, 16)
 
@@ -50,7 +54,7 @@ def build(mixer: str, impl: str = "fused", device="cuda", **shape) -> MambaLM:
         mixer=mixer,
         d_model=shape["d_model"],
         n_layer=shape["n_layer"],
-        chunk_size=256,
+        chunk_size=None if mixer == "Mamba3" else 256,
         **MIXER_STATE[mixer],
     )
     torch.manual_seed(0)
@@ -207,6 +211,36 @@ def compare_mixer(mixer: str, repeats: int, with_profile: bool) -> tuple[list[di
     return rows, notes
 
 
+@torch.no_grad()
+def own_rows(mixer: str, repeats: int) -> list[dict]:
+    """A mixer mamba-ssm cannot decode (Mamba3: its step crashes): our tokens/s, and whether
+    the greedy tokens are the argmax of our own full forward over the decoded sequence."""
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        model = build(mixer)
+        if dtype == "bf16":
+            model = model.to(torch.bfloat16)
+        for batch in BATCHES:
+            g = torch.Generator().manual_seed(batch)
+            ids = torch.randint(0, SHAPE["vocab"], (batch, SHAPE["prompt"]), generator=g).cuda()
+            call = partial(model.generate, ids, SHAPE["new_tokens"])
+            out = call()  # captures the graph
+            seconds = statistics.median(timed(call, repeats))
+            # teacher-forced: the full forward's argmax at each decoded position
+            want = model(out[:, :-1]).argmax(-1)[:, SHAPE["prompt"] - 1 :]
+            rows.append({
+                "mixer": mixer,
+                "dtype": dtype,
+                "batch": batch,
+                "ours_tokens_per_s": round(batch * SHAPE["new_tokens"] / seconds),
+                "greedy_equals_full_forward": (want == out[:, SHAPE["prompt"] :]).float().mean().item(),
+            })  # fmt: skip
+            print(f"{mixer} {dtype} B={batch}: {rows[-1]}", flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
 def plain_loop(model, ids, max_new_tokens):
     """What generate ran before: the forward on each new token, no cache allocated ahead."""
     params = InferenceParams(max_seqlen=0, max_batch_size=ids.shape[0])
@@ -268,9 +302,10 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mixers", default="Mamba1,Mamba2")
+    parser.add_argument("--mixers", default="Mamba1,Mamba2,Mamba3")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="kernels per token, each row")
+    parser.add_argument("--skip-cpu", action="store_true", help="no reference-twin CPU rows")
     parser.add_argument("--out", default=str(RESULTS / "generate_gpu.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -289,10 +324,15 @@ def main() -> None:
         "notes": {},
     }
     for mixer in args.mixers.split(","):
+        if mixer == "Mamba3":
+            report["own_rows"] = own_rows(mixer, args.repeats)
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+            continue
         rows, report["notes"][mixer] = compare_mixer(mixer, args.repeats, args.profile)
         report["rows"] += rows
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")  # each mixer as it ends
-    report["reference_twin_cpu"] = reference_on_cpu(max(3, args.repeats // 2))
+    if not args.skip_cpu:
+        report["reference_twin_cpu"] = reference_on_cpu(max(3, args.repeats // 2))
     print("\n" + table(report["rows"]))
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

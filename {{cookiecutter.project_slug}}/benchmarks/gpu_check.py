@@ -6,6 +6,8 @@
 
 Sections, one module each in benchmarks/gpu/:
   kernels     parity.py: which fast paths are active; what happens when causal-conv1d is missing
+  layers      layers.py: each mixer against mamba-ssm's own module (same state_dict), the fused
+              layer against its composed kernels, reference against fused
   parity      parity.py: fused vs reference (same weights, strict load): outputs and every
               gradient, in float32 (also against a float64 run of the twin) and under bf16
               autocast; a checkpoint written by the fused model loads into the reference one
@@ -37,6 +39,7 @@ import lightning as L
 import torch
 from gpu.cli_row import section_cli, section_small
 from gpu.copying import section_copying
+from gpu.layers import section_layers
 from gpu.loss import section_loss
 from gpu.parity import section_kernels, section_parity
 from gpu.profile import section_profile
@@ -51,7 +54,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per throughput run")
     parser.add_argument("--out", default=str(RESULTS / "gpu_check.json"))
     parser.add_argument("--copying-seconds", type=float, default=300)
-    parser.add_argument("--mixers", default="Mamba1,Mamba2", help="for throughput and cli")
+    parser.add_argument(
+        "--mixers", default="Mamba1,Mamba2,Mamba3", help="for throughput and cli"
+    )
     parser.add_argument("--quick", action="store_true", help="throughput: only the ratio rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -76,6 +81,7 @@ def main() -> None:
     )
     sections = {
         "kernels": section_kernels,
+        "layers": section_layers,
         "parity": section_parity,
         "throughput": lambda: section_throughput(args.steps, mixers, args.quick),
         "cli": lambda: section_cli(args.steps, mixers),

@@ -59,7 +59,7 @@ ARGUMENTS = {
     "d_model_not_a_number": (["--model.net.backbone.d_model=abc"], "Got value: abc"),
     "d_model_a_fraction": (["--model.net.backbone.d_model=1.5"], "Got value: 1.5"),
     "unknown_impl": (["--model.net.backbone.impl=fast"], "Got value: fast"),
-    "unknown_mixer": (["--model.net.backbone.mixer=Mamba3"], "Got value: Mamba3"),
+    "unknown_mixer": (["--model.net.backbone.mixer=Mamba4"], "Got value: Mamba4"),
     "unknown_backbone_key": (["--model.net.backbone.width=64"], "width"),
     "negative_lr": (["--model.lr=-0.1"], "model.lr=-0.1 must be > 0"),
     "zero_lr": (["--model.lr=0"], "model.lr=0.0 must be > 0"),

@@ -33,7 +33,11 @@ def table(rows: list[dict], title: str) -> None:
 
 
 SIZE = {"d_model": 768, "n_layer": 24, "vocab": 50280, "batch": 8, "length": 2048}
-MIXER_STATE = {"Mamba1": {"d_state": 16}, "Mamba2": {"d_state": 128, "headdim": 64}}
+MIXER_STATE = {
+    "Mamba1": {"d_state": 16},
+    "Mamba2": {"d_state": 128, "headdim": 64},
+    "Mamba3": {"d_state": 128, "headdim": 64},
+}
 
 
 def lm_config(mixer: str, impl: str) -> BackboneConfig:
@@ -42,8 +46,7 @@ def lm_config(mixer: str, impl: str) -> BackboneConfig:
         mixer=mixer,
         d_model=SIZE["d_model"],
         n_layer=SIZE["n_layer"],
-        chunk_size=256,
-        **MIXER_STATE[mixer],
+        **MIXER_STATE[mixer],  # chunk_size: the mixer's default, as mamba-ssm's (256, 64)
     )
 
 
@@ -206,7 +209,53 @@ def lightning_fit(
     return result
 
 
+class _Mamba3LM(torch.nn.Module):
+    """mamba-ssm's MixerModel and head with its Mamba3 in its Blocks: its create_block refuses
+    layer="Mamba3", so the same composition is written out here (fused add-norm, as
+    MambaLMHeadModel builds it for Mamba1/2, and its model-level init)."""
+
+    def __init__(self, vocab: int):
+        from functools import partial
+
+        from mamba_ssm.models.mixer_seq_simple import _init_weights
+        from mamba_ssm.modules.block import Block
+        from mamba_ssm.modules.mamba3 import Mamba3
+        from mamba_ssm.ops.triton.layer_norm import RMSNorm, rms_norm_fn
+
+        super().__init__()
+        d, n = SIZE["d_model"], SIZE["n_layer"]
+        self.embedding = torch.nn.Embedding(vocab, d)
+        self.layers = torch.nn.ModuleList(
+            Block(
+                d,
+                partial(Mamba3, layer_idx=i, **MIXER_STATE["Mamba3"]),
+                torch.nn.Identity,
+                norm_cls=partial(RMSNorm, eps=1e-5),
+                fused_add_norm=True,
+                residual_in_fp32=True,
+            )
+            for i in range(n)
+        )
+        self.norm_f = RMSNorm(d, eps=1e-5)
+        self.rms_norm_fn = rms_norm_fn
+        self.apply(partial(_init_weights, n_layer=n))
+
+    def forward(self, ids):
+        from types import SimpleNamespace
+
+        hidden, residual = self.embedding(ids), None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        hidden = self.rms_norm_fn(
+            hidden, self.norm_f.weight, None, residual=residual, eps=1e-5, prenorm=False,
+            residual_in_fp32=True,
+        )  # fmt: skip
+        return SimpleNamespace(logits=F.linear(hidden, self.embedding.weight))
+
+
 def mamba_ssm_lm(mixer, vocab=SIZE["vocab"]):
+    if mixer == "Mamba3":
+        return lambda: _Mamba3LM(vocab)
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 

@@ -1,13 +1,12 @@
 """The Mamba backbone: embedding -> N x Block(norm, mixer[, norm2, mlp]) -> norm_f.
 
-One composition, two sets of parts:
+mamba-ssm's MixerModel built from our own layers (`mixers/`): the same module tree, parameter
+names, shapes and initialisation, so a state_dict moves between the two with strict=True. The
+layers are the same classes on every device; `impl` only says which kernels they call:
 
-* `fused`: mamba-ssm's own Mamba/Mamba2, Block and RMSNorm with its CUDA and Triton kernels.
-  Imported only when asked for, so the CPU path never needs mamba-ssm.
-* `reference`: the pure-PyTorch twins in `mixers.py`, with the same module tree, parameter
-  names, shapes and initialisation. A state_dict saved by one loads into the other.
-
-`auto` picks fused when a CUDA device and the kernels are there, else reference, and says why.
+* `fused`: mamba-ssm's and causal-conv1d's CUDA and Triton kernels (refused where they are not).
+* `reference`: the plain-PyTorch scans, on any device.
+* `auto`: fused when a CUDA device and mamba-ssm are there, else reference, and says why.
 """
 
 import logging
@@ -32,16 +31,20 @@ class BackboneConfig:
     """Shape of the backbone. Defaults match mamba-ssm's mixers; configs override them."""
 
     impl: Impl = "auto"
-    mixer: Literal["Mamba1", "Mamba2"] = "Mamba2"
+    mixer: Literal["Mamba1", "Mamba2", "Mamba3"] = "Mamba2"
     d_model: int = 256
     n_layer: int = 4
     d_intermediate: int = 0  # hidden size of a GatedMLP after each mixer; 0 = no MLP
     d_state: int = 64
-    d_conv: int = 4
+    d_conv: int = 4  # Mamba1 and Mamba2 (Mamba3 has no convolution)
     expand: int = 2
-    headdim: int = 64  # Mamba2 only
-    ngroups: int = 1  # Mamba2 only
-    chunk_size: int = 256  # Mamba2 only: SSD chunk length
+    headdim: int = 64  # Mamba2 and Mamba3
+    ngroups: int = 1  # Mamba2 and Mamba3: groups of heads sharing B and C
+    chunk_size: int | None = None  # Mamba2 and Mamba3: scan chunk length; None: 256 / 64
+    rope_fraction: float = 0.5  # Mamba3: the share of the state rotated by its angles (0.5 or 1)
+    is_mimo: bool = False  # Mamba3: multi-input multi-output state update of rank mimo_rank
+    mimo_rank: int = 4  # Mamba3 with is_mimo
+    is_outproj_norm: bool = False  # Mamba3: a gated RMSNorm per head before out_proj
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     pad_vocab_size_multiple: int = 8
@@ -55,41 +58,72 @@ class BackboneConfig:
             "expand",
             "headdim",
             "ngroups",
-            "chunk_size",
+            "mimo_rank",
             "pad_vocab_size_multiple",
         )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"backbone.{name}={value!r} must be a positive integer")
+        if self.chunk_size is not None and (
+            not isinstance(self.chunk_size, int) or self.chunk_size <= 0
+        ):
+            raise ValueError(
+                f"backbone.chunk_size={self.chunk_size!r} must be a positive integer "
+                "(or null: the mixer's default)"
+            )
         if self.d_intermediate < 0:
             raise ValueError(
                 f"backbone.d_intermediate={self.d_intermediate} must be >= 0 (0 = no MLP)"
             )
-        if self.mixer == "Mamba2":
+        if self.mixer in ("Mamba2", "Mamba3"):
             d_inner = self.expand * self.d_model
             if d_inner % self.headdim:
                 raise ValueError(
                     f"backbone: expand * d_model = {d_inner} is not divisible by "
-                    f"headdim={self.headdim}; Mamba2 splits channels into heads of headdim. "
-                    f"Use a headdim that divides {d_inner} (e.g. {math.gcd(d_inner, 64)})."
+                    f"headdim={self.headdim}; {self.mixer} splits channels into heads of "
+                    f"headdim. Use a headdim that divides {d_inner} (e.g. {math.gcd(d_inner, 64)})."
                 )
             if (d_inner // self.headdim) % self.ngroups:
                 raise ValueError(
                     f"backbone: {d_inner // self.headdim} heads are not divisible by "
                     f"ngroups={self.ngroups}; use an ngroups that divides the number of heads."
                 )
+        if self.mixer == "Mamba3":
+            if self.rope_fraction not in (0.5, 1.0):
+                raise ValueError(
+                    f"backbone.rope_fraction={self.rope_fraction!r}: Mamba3 rotates half of the "
+                    "state or all of it; use 0.5 or 1.0"
+                )
+            if int(self.d_state * self.rope_fraction) < 2:
+                raise ValueError(
+                    f"backbone.d_state={self.d_state} leaves no pair of state channels to rotate "
+                    f"at rope_fraction={self.rope_fraction}; use a d_state of at least 4"
+                )
+
+    @property
+    def chunk(self) -> int:
+        """The scan's chunk length: chunk_size, or the mixer's default (mamba-ssm's)."""
+        return self.chunk_size or {"Mamba3": 64}.get(self.mixer, 256)
 
     def ssm_cfg(self) -> dict:
-        """Keyword arguments for mamba-ssm's `create_block(ssm_cfg=...)`."""
-        cfg = {
-            "layer": self.mixer,
-            "d_state": self.d_state,
-            "d_conv": self.d_conv,
-            "expand": self.expand,
-        }
-        if self.mixer == "Mamba2":
-            cfg.update(headdim=self.headdim, ngroups=self.ngroups, chunk_size=self.chunk_size)
+        """mamba-ssm's `ssm_cfg`: the mixer's name under "layer" and its constructor arguments."""
+        return {"layer": self.mixer, **self.mixer_kwargs()}
+
+    def mixer_kwargs(self) -> dict:
+        """The mixer class's constructor arguments that this config sets."""
+        cfg = {"d_state": self.d_state, "expand": self.expand}
+        if self.mixer != "Mamba3":
+            cfg["d_conv"] = self.d_conv
+        if self.mixer != "Mamba1":
+            cfg.update(headdim=self.headdim, ngroups=self.ngroups, chunk_size=self.chunk)
+        if self.mixer == "Mamba3":
+            cfg.update(
+                rope_fraction=self.rope_fraction,
+                is_mimo=self.is_mimo,
+                mimo_rank=self.mimo_rank,
+                is_outproj_norm=self.is_outproj_norm,
+            )
         return cfg
 
 
@@ -137,43 +171,23 @@ def resolve_impl(impl: Impl) -> str:
     return chosen
 
 
-def _fused_parts():
-    from mamba_ssm.models.mixer_seq_simple import create_block
-    from mamba_ssm.ops.triton.layer_norm import RMSNorm
-
-    return partial(create_block, fused_add_norm=True), RMSNorm
-
-
-def _reference_create_block(
-    d_model,
-    d_intermediate,
-    ssm_cfg,
-    norm_epsilon,
-    rms_norm,
-    residual_in_fp32,
-    fused_add_norm=False,
-    layer_idx=None,
-    device=None,
-    dtype=None,
-):
-    """mamba-ssm's create_block, with the twins."""
+def create_block(config: "BackboneConfig", layer_idx: int, kernels: bool, device=None, dtype=None):
+    """One layer: Block(norm, mixer[, norm2, mlp]), as mamba-ssm's create_block composes it."""
     factory = {"device": device, "dtype": dtype}
-    ssm_cfg = dict(ssm_cfg)
-    mixer_cls = mixers.Mamba2 if ssm_cfg.pop("layer") == "Mamba2" else mixers.Mamba
+    mixer_cls = partial(
+        mixers.MIXERS[config.mixer],
+        layer_idx=layer_idx,
+        kernels=kernels,
+        **config.mixer_kwargs(),
+        **factory,
+    )
     mlp_cls = (
-        partial(mixers.GatedMLP, hidden_features=d_intermediate, out_features=d_model, **factory)
-        if d_intermediate
+        partial(mixers.GatedMLP, hidden_features=config.d_intermediate, **factory)
+        if config.d_intermediate
         else nn.Identity
     )
-    block = mixers.Block(
-        d_model,
-        partial(mixer_cls, layer_idx=layer_idx, **ssm_cfg, **factory),
-        mlp_cls,
-        norm_cls=partial(mixers.RMSNorm, eps=norm_epsilon, **factory),
-        residual_in_fp32=residual_in_fp32,
-    )
-    block.layer_idx = layer_idx
-    return block
+    norm_cls = partial(mixers.RMSNorm, eps=config.norm_epsilon, kernels=kernels, **factory)
+    return mixers.Block(config.d_model, mixer_cls, mlp_cls, norm_cls, config.residual_in_fp32)
 
 
 def _init_weights(module: nn.Module, n_layer: int, n_residuals_per_layer: int) -> None:
@@ -200,7 +214,7 @@ SSD_MAX_ROWS = 65535
 
 
 class Backbone(nn.Module):
-    """mamba-ssm's MixerModel: the same parameter names, with fused or reference parts.
+    """mamba-ssm's MixerModel: the same parameter names, fused or reference kernels.
 
     vocab_size=None drops the token embedding: the input is then already (B, L, d_model).
     A batch larger than one call of the fused Mamba2 kernels can take runs in groups of samples.
@@ -212,9 +226,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.config = config
         self.impl = resolve_impl(config.impl)
-        create_block, norm_cls = (
-            _fused_parts() if self.impl == "fused" else (_reference_create_block, mixers.RMSNorm)
-        )
+        kernels = self.impl == "fused"
         factory = {"device": device, "dtype": dtype}
         self.residual_in_fp32 = config.residual_in_fp32
         if vocab_size is not None:
@@ -224,19 +236,11 @@ class Backbone(nn.Module):
         else:
             self.embedding = None
         self.layers = nn.ModuleList(
-            create_block(
-                config.d_model,
-                d_intermediate=config.d_intermediate,
-                ssm_cfg=config.ssm_cfg(),
-                norm_epsilon=config.norm_epsilon,
-                rms_norm=True,
-                residual_in_fp32=config.residual_in_fp32,
-                layer_idx=i,
-                **factory,
-            )
-            for i in range(config.n_layer)
+            create_block(config, i, kernels, **factory) for i in range(config.n_layer)
         )
-        self.norm_f = norm_cls(config.d_model, eps=config.norm_epsilon, **factory)
+        self.norm_f = mixers.RMSNorm(
+            config.d_model, eps=config.norm_epsilon, kernels=kernels, **factory
+        )
         n_res = 2 if config.d_intermediate else 1
         self.apply(partial(_init_weights, n_layer=config.n_layer, n_residuals_per_layer=n_res))
         fused_ssd = self.impl == "fused" and config.mixer == "Mamba2"
@@ -246,7 +250,7 @@ class Backbone(nn.Module):
         """How many samples of `length` tokens one kernel call takes; None: any number."""
         if self.max_rows is None:
             return None
-        chunk = self.config.chunk_size
+        chunk = self.config.chunk
         per_call = self.max_rows // math.ceil(length / chunk)
         if per_call < 1:
             raise ValueError(

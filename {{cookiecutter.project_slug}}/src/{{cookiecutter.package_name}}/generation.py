@@ -8,15 +8,14 @@ its convolution and its SSM state), so a new token costs the same at any positio
 allocates them once per batch size, fills them from the prompts with the parallel forward
 (the chunked kernels), then advances all rows by one token per step.
 
-On a GPU (backbone impl fused) the step is one CUDA graph, captured once per batch size and
-replayed per token, as mamba-ssm's `generate(cg=True)` does (mamba_ssm/utils/generation.py).
-Ours differs in what the graph holds: the sampling is inside it (no logits leave it), and the
-step reads the weights through `_StepWeights`, so A = -exp(A_log) and, under autocast, the
-bfloat16 copies of the matrices are computed once per call instead of once per token per layer.
-The reference twin (the CPU) runs its own `step` eagerly, exactly as the model's forward does.
+Each mixer owns its decoding: `allocate_inference_cache` makes its state and `step` advances
+it by one token; this file calls the backbone's forward and reads nothing inside a mixer. On a
+GPU the step is one CUDA graph, captured once per batch size and replayed per token, as
+mamba-ssm's `generate(cg=True)` does (mamba_ssm/utils/generation.py). Ours also holds the
+sampling (no logits leave the graph) and, under autocast, reads copies of the matrices in
+autocast's dtype made once per call (`_CastWeights`) instead of casting them at every token.
 """
 
-import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,142 +72,83 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
     return weight.dtype
 
 
-class _StepWeights:
-    """What the fused step multiplies by: each linear layer's weight and bias in the compute
-    dtype (the parameter itself, or a copy where autocast computes in another dtype), and each
-    mixer's A = -exp(A_log), which mamba-ssm's step computes again at every token.
+class _CastWeights:
+    """Under autocast, every linear layer's weight and bias in autocast's dtype, made once per
+    call instead of once per token and layer (autocast casts a float32 weight at every use).
 
-    `refresh` recomputes the copies and A from the parameters at the start of every call, so a
-    model trained between two calls decodes with its new weights.
+    Which tensors: those of the backbone's `nn.Linear` modules, whatever mixer holds them, and
+    the output head. `refresh` copies the parameters again, so a model trained between two
+    calls decodes with its new weights; the copies keep their addresses for the CUDA graph.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
-        self.dtype, self.copies = dtype, []
-        self.head = self._cast(model.output_weight)
-        self.mixers = [layer.mixer for layer in model.backbone.layers]
-        self.layers = []
-        for layer in model.backbone.layers:
-            names = ("in_proj", "out_proj", "x_proj", "dt_proj")  # the last two: Mamba1's
-            linears = {n: getattr(layer.mixer, n, None) for n in names}
-            if layer.mlp is not None:
-                linears.update(fc1=layer.mlp.fc1, fc2=layer.mlp.fc2)
-            weights = {"A": -torch.exp(layer.mixer.A_log.float())}
-            for name, linear in linears.items():
-                if linear is not None:
-                    weights[name] = self._cast(linear.weight)
-                    weights[f"{name}_bias"] = self._cast(linear.bias)
-            self.layers.append(weights)
+        self.pairs = []  # (parameter, its copy)
+        self.backbone = {}  # name in the backbone -> copy, for torch.func.functional_call
+        for name, module in model.backbone.named_modules():
+            if isinstance(module, nn.Linear):
+                for kind in ("weight", "bias"):
+                    param = getattr(module, kind)
+                    if param is not None and param.dtype != dtype:
+                        self.backbone[f"{name}.{kind}"] = self._copy(param, dtype)
+        head = model.output_weight
+        self.head = head if head.dtype == dtype else self._copy(head, dtype)
 
-    def _cast(self, weight: Tensor | None) -> Tensor | None:
-        if weight is None or weight.dtype == self.dtype:
-            return weight
-        copy = weight.detach().to(self.dtype)
-        self.copies.append((weight, copy))
+    def _copy(self, param: Tensor, dtype: torch.dtype) -> Tensor:
+        copy = param.detach().to(dtype)
+        self.pairs.append((param, copy))
         return copy
 
     def refresh(self) -> None:
-        for weight, copy in self.copies:
-            copy.copy_(weight)
-        for mixer, weights in zip(self.mixers, self.layers, strict=True):
-            weights["A"].copy_(-torch.exp(mixer.A_log.float()))
-
-
-def _mamba2_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state: Tensor):
-    """mamba-ssm's Mamba2.step with the same kernels, reading A from w: u (B, D) -> (B, D)."""
-    from causal_conv1d import causal_conv1d_update
-    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-
-    b, h, p, n, g = u.shape[0], m.nheads, m.headdim, m.d_state, m.ngroups
-    z, xBC, dt = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], w["in_proj_bias"]).split(
-        [m.d_ssm, m.d_ssm + 2 * g * n, h], dim=-1
-    )
-    xBC = causal_conv1d_update(xBC, conv_state, m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
-    x, B, C = xBC.split([m.d_ssm, g * n, g * n], dim=-1)
-    y = selective_state_update(  # per head: dt, A, D and dt_bias are shared by its p channels
-        ssm_state,
-        x.view(b, h, p),
-        dt[:, :, None].expand(b, h, p),
-        w["A"][:, None, None].expand(h, p, n),
-        B.view(b, g, n),
-        C.view(b, g, n),
-        m.D[:, None].expand(h, p),
-        dt_bias=m.dt_bias[:, None].expand(h, p),
-        dt_softplus=True,
-    )  # (B, H, P)
-    y = m.norm(y.view(b, m.d_ssm), z)  # gated RMSNorm
-    return F.linear(y.to(w["out_proj"].dtype), w["out_proj"], w["out_proj_bias"])
-
-
-def _mamba1_step(m: nn.Module, w: dict, u: Tensor, conv_state: Tensor, ssm_state: Tensor):
-    """mamba-ssm's Mamba.step with the same kernels, reading A from w: u (B, D) -> (B, D)."""
-    from causal_conv1d import causal_conv1d_update
-    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-
-    x, z = F.linear(u.to(w["in_proj"].dtype), w["in_proj"], w["in_proj_bias"]).chunk(2, -1)
-    x = causal_conv1d_update(x, conv_state, m.conv1d.weight.squeeze(1), m.conv1d.bias, "silu")
-    dt, B, C = F.linear(x, w["x_proj"], w["x_proj_bias"]).split(
-        [m.dt_rank, m.d_state, m.d_state], dim=-1
-    )
-    dt = F.linear(dt, w["dt_proj"])  # its bias is added by the kernel, in float32
-    y = selective_state_update(
-        ssm_state, x, dt, w["A"], B, C, m.D, z=z, dt_bias=m.dt_proj.bias, dt_softplus=True
-    )  # (B, d_inner)
-    return F.linear(y, w["out_proj"], w["out_proj_bias"])
+        for param, copy in self.pairs:
+            copy.copy_(param)
 
 
 class Decoder:
     """One batch size's decoding: the caches, the step, and on a GPU its CUDA graph.
 
     `start` fills the caches from the prompts and returns the first new token of every row;
-    each `advance` returns the next. The token buffer is the step's input and its output, so a
-    replayed graph needs nothing from the host. Build it once, use it for many calls.
+    each `advance` returns the next. A step is the backbone's own forward on one token per
+    row with `inference_params` past the prompt, which every mixer answers with its `step`.
+    The token buffer is the step's input and its output, so a replayed graph needs nothing
+    from the host. Build it once, use it for many calls.
     """
 
     def __init__(self, model: nn.Module, batch: int, dtype: torch.dtype, sampling: Sampling,
-                 weights: _StepWeights | None, cuda_graph: bool):  # fmt: skip
+                 cuda_graph: bool):  # fmt: skip
         self.model = weakref.proxy(model)  # the model owns its decoders, not the other way
-        self.batch, self.dtype, self.sampling, self.weights = batch, dtype, sampling, weights
-        self.fused = weights is not None  # the reference twin steps through its own forward
+        self.batch, self.dtype, self.sampling = batch, dtype, sampling
         device = model.output_weight.device
+        self.casts = _CastWeights(model, dtype)
         self.caches = model.backbone.allocate_inference_cache(batch, 1, dtype=self.dtype)
         self.params = InferenceParams(0, batch, key_value_memory_dict=self.caches)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
         self.graph = None
-        if cuda_graph and self.fused and device.type == "cuda":
+        if cuda_graph and device.type == "cuda":
             self.graph = self._capture()
 
-    def _logits(self, token: Tensor) -> Tensor:
-        """One token per row (B, 1) -> next-token logits (B, V); the caches move one step."""
-        if not self.fused:  # the twin's own step, through the model's forward
-            return self.model(token, inference_params=self.params)[:, -1]
-        step = _mamba2_step if self.model.backbone.config.mixer == "Mamba2" else _mamba1_step
-        backbone = self.model.backbone
-        fp32 = {"residual_in_fp32": backbone.residual_in_fp32}
-        hidden, residual = backbone.embedding(token), None  # (B, 1, D)
-        for layer, w, (conv_state, ssm_state) in zip(
-            backbone.layers, self.weights.layers, self.caches.values(), strict=True
-        ):
-            hidden, residual = layer.norm(hidden, residual, prenorm=True, **fp32)
-            hidden = step(layer.mixer, w, hidden.squeeze(1), conv_state, ssm_state).unsqueeze(1)
-            if layer.mlp is not None:  # mamba-ssm's GatedMLP
-                hidden, residual = layer.norm2(hidden, residual, prenorm=True, **fp32)
-                a, gate = F.linear(hidden.to(self.dtype), w["fc1"], w["fc1_bias"]).chunk(2, -1)
-                hidden = F.linear(a * F.silu(gate), w["fc2"], w["fc2_bias"])
-        hidden = backbone.norm_f(hidden, residual, prenorm=False, **fp32)
-        return F.linear(hidden.to(self.dtype), self.weights.head)[:, -1]  # (B, V)
+    def _hidden(self, ids: Tensor, params: InferenceParams) -> Tensor:
+        """The backbone's last hidden state (b, D) for ids (b, L), with the cast weights."""
+        backbone, kwargs = self.model.backbone, {"inference_params": params}
+        if self.casts.backbone:
+            hidden = torch.func.functional_call(backbone, self.casts.backbone, (ids,), kwargs)
+        else:
+            hidden = backbone(ids, **kwargs)
+        return hidden[:, -1]
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        return F.linear(hidden.to(self.casts.head.dtype), self.casts.head)  # (b, V)
 
     def _advance(self) -> None:
         """Every row one token further, in place: the caches and the token buffer."""
         s = self.sampling
-        # the fused step casts by itself (_StepWeights); autocast would cast the weights again
-        with torch.autocast("cuda", enabled=False) if self.fused else contextlib.nullcontext():
-            logits = self._logits(self.token).float()
+        logits = self._head(self._hidden(self.token, self.params)).float()
         self.token.copy_(sample_token(logits, s.temperature, s.top_k, s.top_p))
 
     def _capture(self) -> torch.cuda.CUDAGraph:
         """The step as a CUDA graph, after two warm-up steps (Triton compiles, cuBLAS plans) on a
         side stream, as torch.cuda.graph's documentation asks. The caches are overwritten by
         every prefill, so the warm-up's steps on them leave nothing behind."""
+        self.params.seqlen_offset = 1  # the mixers' step, not the prompt's forward
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -226,8 +166,7 @@ class Decoder:
         Prompts of one length run through the parallel forward together; a row's caches hold
         its own prompt only, so a batch of different lengths decodes as each prompt alone.
         """
-        if self.fused:
-            self.weights.refresh()
+        self.casts.refresh()
         rows_of: dict[int, list[int]] = {}
         for row, prompt in enumerate(prompts):
             rows_of.setdefault(len(prompt), []).append(row)
@@ -239,8 +178,7 @@ class Decoder:
             )  # fmt: skip
             params = InferenceParams(length, len(rows), key_value_memory_dict=caches)
             ids = torch.stack([prompts[r] for r in rows])  # (b, L)
-            hidden = self.model.backbone(ids, inference_params=params)[:, -1]  # (b, D)
-            part = F.linear(hidden, self.model.output_weight)  # (b, V)
+            part = self._head(self._hidden(ids, params))  # (b, V)
             if logits is None:
                 logits = part.new_empty(self.batch, part.shape[-1])
             index = torch.tensor(rows, device=part.device)
@@ -249,7 +187,7 @@ class Decoder:
                 for layer, states in caches.items():
                     for full, state in zip(self.caches[layer], states, strict=True):
                         full[index] = state
-        self.params.seqlen_offset = max(rows_of)  # > 0: the twin's forward steps from now on
+        self.params.seqlen_offset = max(rows_of)  # > 0: the mixers step from now on
         s = self.sampling
         self.token.copy_(sample_token(logits.float(), s.temperature, s.top_k, s.top_p))
         return self.token.clone()
@@ -263,9 +201,8 @@ class Decoder:
         return self.token.clone()
 
 
-# A model's decoders, by batch size, dtype, sampling and graph use, and their step weights by
-# dtype. Beside the model rather than in it, so the model stays copyable and picklable; they go
-# when the model goes.
+# A model's decoders, by batch size, dtype, sampling and graph use. Beside the model rather
+# than in it, so the model stays copyable and picklable; they go when the model goes.
 _decoders: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -276,14 +213,10 @@ def decoder(model: nn.Module, batch: int, sampling: Sampling, cuda_graph: bool) 
     params = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
     entry = _decoders.get(model)
     if entry is None or entry["params"] != params:
-        entry = _decoders[model] = {"params": params, "weights": {}, "decoders": {}}
-    fused = model.backbone.impl == "fused"
-    if fused and dtype not in entry["weights"]:
-        entry["weights"][dtype] = _StepWeights(model, dtype)
+        entry = _decoders[model] = {"params": params, "decoders": {}}
     key = (batch, dtype, sampling, cuda_graph)
     if key not in entry["decoders"]:
-        weights = entry["weights"][dtype] if fused else None
-        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, weights, cuda_graph)
+        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, cuda_graph)
     return entry["decoders"][key]
 
 

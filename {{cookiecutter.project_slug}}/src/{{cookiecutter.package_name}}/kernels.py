@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from .ops import mamba3_kernel_problem
+
 log = logging.getLogger(__name__)
 
 Policy = Literal["require", "warn", "off"]
@@ -24,7 +26,11 @@ FAST_PATHS = {
     "selective_scan": "selective_scan_cuda (mamba-ssm's CUDA selective scan, Mamba1)",
     "causal_conv1d": "causal_conv1d_cuda (causal-conv1d's CUDA depthwise conv)",
     "triton_ssd": "mamba_ssm.ops.triton.ssd_combined (Triton SSD kernels, Mamba2)",
+    "mamba3_siso": "mamba_ssm.ops.triton.mamba3 (Triton Mamba-3 SISO kernels, Hopper only)",
 }
+# what a run of each mixer needs beyond the common paths (the norms, conv and decode kernels)
+COMMON = ("selective_scan", "causal_conv1d", "triton_ssd")
+NEEDED = {"Mamba1": COMMON, "Mamba2": COMMON, "Mamba3": (*COMMON, "mamba3_siso")}
 
 
 def _probe(name: str) -> str | None:
@@ -52,22 +58,42 @@ def _probe(name: str) -> str | None:
                 torch.randn(b, length, 1, n, device="cuda"),
                 chunk_size=64,
             )
+        elif name == "mamba3_siso":
+            problem = mamba3_kernel_problem(mimo=False)
+            if problem is not None:
+                return problem
+            from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+
+            b, length, h, p, n = 1, 64, 2, 64, 64
+            bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+            mamba3_siso_combined(
+                torch.randn(b, length, 1, n, **bf16),
+                torch.randn(b, length, 1, n, **bf16),
+                torch.randn(b, length, h, p, **bf16),
+                -torch.rand(b, h, length, device="cuda"),
+                torch.rand(b, h, length, device="cuda"),
+                torch.rand(b, h, length, **bf16),
+                torch.ones(h, n, device="cuda"),
+                torch.ones(h, n, device="cuda"),
+                torch.rand(b, length, h, n // 4, **bf16),
+            )
         torch.cuda.synchronize()
     except Exception as err:  # an import error, a missing symbol or a kernel that fails to run
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return None
 
 
-def probe_all() -> dict[str, str | None]:
-    """Each fast path -> None when it works, else why not."""
-    return {name: _probe(name) for name in FAST_PATHS}
+def probe_all(mixer: str | None = None) -> dict[str, str | None]:
+    """Each fast path the mixer needs (every one if None) -> None when it works, else why not."""
+    return {name: _probe(name) for name in (NEEDED[mixer] if mixer else FAST_PATHS)}
 
 
-def check_kernels(policy: Policy = "require") -> dict[str, bool]:
-    """Report the fast paths. Policy: require (raise if one is missing), warn (log), off."""
+def check_kernels(policy: Policy = "require", mixer: str = "Mamba2") -> dict[str, bool]:
+    """Report the fast paths a mixer needs. Policy: require (raise if one is missing), warn
+    (log and run the plain-PyTorch version where a kernel is missing), off."""
     if policy == "off":
         return {}
-    problems = probe_all()
+    problems = probe_all(mixer)
     for name, problem in problems.items():
         state = "active" if problem is None else f"MISSING ({problem})"
         log.info("fast path %-14s %s", name, state)
@@ -87,8 +113,9 @@ def check_kernels(policy: Policy = "require") -> dict[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Report which fused Mamba kernels are active.")
     parser.add_argument("--require", action="store_true", help="exit 1 if any is missing")
+    parser.add_argument("--mixer", choices=sorted(NEEDED), help="only what this mixer needs")
     args = parser.parse_args(argv)
-    problems = probe_all()
+    problems = probe_all(args.mixer)
     for name, problem in problems.items():
         print(f"{name:15s} {'active' if problem is None else 'missing: ' + problem}")
     return 1 if args.require and any(problems.values()) else 0

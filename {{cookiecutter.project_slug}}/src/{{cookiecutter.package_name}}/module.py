@@ -117,7 +117,7 @@ class MambaModule(L.LightningModule):
         """Runs on every process before training/evaluation: check the fused kernels, make the
         validation metrics (a set per loader) and decide whether the loss replays from graphs."""
         if self.net.backbone.impl == "fused":
-            check_kernels(self.kernels)
+            check_kernels(self.kernels, self.net.backbone.config.mixer)
         self.val_metrics = nn.ModuleList(  # one set per validation loader, named by suffix
             self.new_metrics().clone(prefix="val/", postfix=suffix or None)
             for suffix in loader_suffixes(self.trainer.datamodule)

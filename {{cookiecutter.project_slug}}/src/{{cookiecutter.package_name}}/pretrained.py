@@ -49,6 +49,16 @@ WEIGHT_FILES = (
 MAMBA_SSM_DEFAULTS = {
     "Mamba1": {"d_state": 16, "d_conv": 4, "expand": 2},
     "Mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1},
+    "Mamba3": {
+        "d_state": 128,
+        "expand": 2,
+        "headdim": 64,
+        "ngroups": 1,
+        "rope_fraction": 0.5,
+        "is_mimo": False,
+        "mimo_rank": 4,
+        "is_outproj_norm": False,
+    },
 }
 HF_DEFAULTS = {
     "mamba": {"state_size": 16, "conv_kernel": 4, "expand": 2, "tie_word_embeddings": True},
@@ -64,7 +74,7 @@ HF_DEFAULTS = {
 # ssm_cfg entries that only shape the initialisation or pick a kernel: the weights decide
 INIT_ONLY = {
     "dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "A_init_range", "conv_init",
-    "use_fast_path", "use_mem_eff_path",
+    "use_fast_path", "use_mem_eff_path", "dropout",
 }  # fmt: skip
 # ssm_cfg entries that change the computation: our twins follow mamba-ssm's default only
 COMPUTE = {
@@ -76,6 +86,7 @@ COMPUTE = {
     "norm_before_gate": False,
     "d_ssm": None,
     "dt_limit": (0.0, math.inf),
+    "A_floor": 1e-4,  # Mamba3
 }
 
 
@@ -349,6 +360,11 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
     is written.
     """
     config: BackboneConfig = model.backbone.config
+    if format == "hf" and config.mixer == "Mamba3":
+        raise ValueError(
+            "backbone.mixer=Mamba3: HF transformers has no Mamba-3 model; export this model "
+            "with format=mamba_ssm"
+        )
     if format == "hf" and config.d_intermediate:
         raise ValueError(
             f"backbone.d_intermediate={config.d_intermediate}: HF's Mamba models have no MLP "
@@ -432,5 +448,5 @@ def _hf_config(config: BackboneConfig, vocab_size: int, tied: bool) -> dict:
         "num_heads": config.expand * config.d_model // config.headdim,
         "head_dim": config.headdim,
         "n_groups": config.ngroups,
-        "chunk_size": config.chunk_size,
+        "chunk_size": config.chunk,
     }

@@ -9,7 +9,9 @@ A run lives in `<run.root>/<id>/` and its checkpoints in `checkpoints/` there:
 Every file is written to `<name>.tmp`, flushed to disk, then renamed over `<name>`: a rename
 is atomic, so a kill at any moment leaves either the old or the new file, never half of one,
 and never none: previous.ckpt is made as a second name (a hard link) of the old last.ckpt
-before the new one replaces it, so last.ckpt itself is never missing.
+before the new one replaces it, so last.ckpt itself is never missing. A checkpoint taken at
+the end of a training step is renamed into place only once that step's metrics are in the
+TensorBoard log, so a run resumed after a kill -9 continues its curves without a gap.
 A run is held by one process at a time: `fit` takes an advisory lock on `<run>/.lock`, which
 the operating system releases when the process ends, however it ends (kill -9 included).
 On SIGINT (Ctrl-C, Modal's preemption notice) or SIGTERM the run finishes its current
@@ -102,7 +104,17 @@ def derive_run_id(config) -> str:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to `<name>.tmp`, fsync, rename over `<name>`; last.ckpt's old copy is kept."""
+    """torch.save to `<name>.tmp`, fsync, rename over `<name>`; last.ckpt's old copy is kept.
+
+    Between hold() and publish() the renames wait: what is saved is written and flushed, but
+    the files it replaces stay in place until publish() (LastCheckpoint holds them while a
+    training step's metrics are not yet logged).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.held = False
+        self.pending: dict[Path, Path] = {}  # file -> its written .tmp, in the order saved
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         if "://" in str(path):  # object stores have their own atomic uploads
@@ -114,6 +126,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        if self.held:
+            self.pending[path] = tmp  # a second save of the same file rewrote the same .tmp
+        else:
+            self.rename(tmp, path)
+
+    def hold(self) -> None:
+        self.held = True
+
+    def publish(self) -> None:
+        """Rename what was saved while held into place, and stop holding."""
+        self.held = False
+        pending, self.pending = self.pending, {}
+        for path, tmp in pending.items():
+            self.rename(tmp, path)
+
+    def discard(self) -> None:
+        """Stop holding; what was saved while held stays a .tmp that the next save replaces."""
+        self.held, self.pending = False, {}
+
+    @staticmethod
+    def rename(tmp: Path, path: Path) -> None:
         if path.name == LAST and path.exists():
             keep = path.with_name(PREVIOUS + ".tmp")
             keep.unlink(missing_ok=True)
@@ -383,6 +416,9 @@ class LastCheckpoint(Checkpoint):
     finished step's metrics are logged (and a validation due at that step has run) as in an
     uninterrupted run. Under DDP the ranks agree on the decision (one small all-reduce per
     step) because saving a checkpoint is collective. A second Ctrl-C stops at once.
+    What is saved during a training step, here or by TimedCheckpoint, appears on disk only at
+    the next hook after Lightning has logged the step's metrics: a kill -9 in between would
+    otherwise leave a checkpoint to resume after a step that the log never received.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -393,6 +429,7 @@ class LastCheckpoint(Checkpoint):
         self.saved_step = -1
         self.previous = {}
         self.stop_next = False
+        self.io: AtomicCheckpointIO | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["world_size"] = trainer.world_size  # resuming under another is refused
@@ -416,6 +453,12 @@ class LastCheckpoint(Checkpoint):
             self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
             self.previous = {}
+        io = trainer.strategy.checkpoint_io
+        self.io = io if isinstance(io, AtomicCheckpointIO) else None
+
+    def publish(self) -> None:
+        if self.io is not None:
+            self.io.publish()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.stepped:
@@ -443,8 +486,16 @@ class LastCheckpoint(Checkpoint):
             self.stop = signum
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Lightning logs a step's metrics after the callbacks' on_train_batch_end, so the
+        # previous step's are in the log now, and what was saved at its end may appear.
+        self.publish()
         if self.stop:
             raise Interrupted(self.stop, self.path)
+        if self.io is not None:
+            self.io.hold()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.publish()  # validation follows the logging of the step it validates
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -452,10 +503,13 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.restore()
+        self.publish()
         self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.restore()
+        if self.io is not None:  # the step's metrics may not be in the log: keep the old files
+            self.io.discard()
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():
