@@ -323,6 +323,10 @@ def _mamba3_angle_steps(angles: Tensor, dt: Tensor) -> Tensor:
     return torch.tanh(angles) * math.pi * dt.unsqueeze(-1)
 
 
+def _maybe(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
 def _mamba3_output(y: Tensor, z: Tensor | None, mimo_z: Tensor | None, mimo_o: Tensor | None):
     """Per-rank outputs y (..., R, H, P) -> gated by silu(zeta_r * z), then summed over ranks
     with weights phi_r when mimo_o is given (else still per rank). z (..., H, P); mimo_z and
@@ -399,10 +403,6 @@ def mamba3_state_step(
         y = y + D.to(cdt)[:, None] * xr
     y = _mamba3_output(y, _maybe(z, cdt), _maybe(mimo_z, cdt), _maybe(mimo_o, cdt))
     return y, (theta, ssm, k, v)
-
-
-def _maybe(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
 
 
 def _check_mamba3(name: str, V: Tensor, cu_seqlens) -> None:
