@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,27 @@ def commit_all(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
+def failures_first(output: str, tail: int = 6000) -> str:
+    """pytest's `output` cut to its last `tail` characters, after what failed and why.
+
+    The end of a failed suite's output is often the data of one assertion (a list of numbers);
+    the names of the failed tests (the `FAILED`/`ERROR` lines of the short summary) and the
+    first `E` lines of each failure, lifted to the top, say what broke. Output without them
+    (not pytest's, or nothing failed) is only cut.
+    """
+    summary, reasons, section, taken = [], [], None, 0
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            summary.append(line[:500])
+        elif header := re.fullmatch(r"_{3,} (.+?) _{3,}", line):
+            section, taken = header.group(1), 0
+        elif section and line.startswith("E ") and taken < 4:
+            reasons.append(f"{section}: {line[1:].strip()}"[:500])
+            taken += 1
+    lifted = "\n".join(summary + reasons)
+    return (lifted + "\n--- output, last part\n" if lifted else "") + output[-tail:]
+
+
 def run(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run a command, fail the test with its output if it exits non-zero."""
     done = subprocess.run(
@@ -82,7 +104,7 @@ def run(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.Comple
     if done.returncode != 0:
         pytest.fail(
             f"{' '.join(map(str, args))} exited {done.returncode} in {cwd}\n"
-            f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
+            f"--- stdout\n{failures_first(done.stdout)}\n--- stderr\n{done.stderr[-6000:]}"
         )
     return done
 

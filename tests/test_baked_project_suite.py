@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from conftest import CHOICES, bake, run
+from conftest import CHOICES, bake, failures_first, run
 
 # A baked project installs on Python 3.11+; python_version only picks the Modal image, CI and
 # ruff target. These tests run where the machine's Python is one the template offers.
@@ -72,7 +72,8 @@ def test_baked_project_installs_and_passes_its_own_tests(cookies, template, tmp_
     run(python, "-m", "pip", "install", "--quiet", "-e", project_extra, *tools, cwd=project)
     installed = time.monotonic()
     tests = [] if whole else OPTION_TESTS
-    run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, cwd=project, timeout=3000)
+    suite = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-ra", "--tb=short", *tests]
+    run(python, *suite, cwd=project, timeout=3000)
     run(python, "-m", "ruff", "check", "--no-cache", ".", cwd=project)
     run(python, "-m", "ruff", "format", "--no-cache", "--check", ".", cwd=project)
     tested = time.monotonic()
@@ -80,3 +81,41 @@ def test_baked_project_installs_and_passes_its_own_tests(cookies, template, tmp_
         f"\n{project.name} ({answers or 'defaults'}): install {installed - started:.0f} s, "
         f"tests and lint {tested - installed:.0f} s"
     )
+
+
+# pytest's output for a failed suite, shortened: the end holds one assertion's data.
+FAILED_SUITE = """\
+..F.
+=================================== FAILURES ===================================
+____________ test_stopped_run_equals_an_uninterrupted_one[9] ____________
+tests/test_resume.py:107: in assert_same_run
+    assert got["scalars"][tag] == curve, f"{tag} differs"
+E   AssertionError: train/loss differs
+E   assert [(0, 2.3092), (1, 2.2983)] == [(0, 2.3092), (1, 2.2983), (2, 2.2871)]
+___________________________ ERROR at setup of test_ddp ___________________________
+E   TimeoutError: fit did not finish
+=========================== short test summary info ============================
+FAILED tests/test_resume.py::test_stopped_run_equals_an_uninterrupted_one[9]
+ERROR tests/test_ddp.py::test_ddp - TimeoutError: fit did not finish
+1 failed, 2 passed, 1 error in 300.00s
+"""
+
+
+def test_a_failed_suite_is_reported_by_its_failed_tests_and_first_assertion_lines():
+    padded = FAILED_SUITE + "(199, 2.1882) " * 1000  # what a log of the curve leaves last
+    report = failures_first(padded)
+    head = report.splitlines()[:5]
+    assert head == [
+        "FAILED tests/test_resume.py::test_stopped_run_equals_an_uninterrupted_one[9]",
+        "ERROR tests/test_ddp.py::test_ddp - TimeoutError: fit did not finish",
+        "test_stopped_run_equals_an_uninterrupted_one[9]: AssertionError: train/loss differs",
+        "test_stopped_run_equals_an_uninterrupted_one[9]: "
+        "assert [(0, 2.3092), (1, 2.2983)] == [(0, 2.3092), (1, 2.2983), (2, 2.2871)]",
+        "ERROR at setup of test_ddp: TimeoutError: fit did not finish",
+    ]
+    assert report.endswith(padded[-6000:])
+
+
+def test_output_without_failures_is_only_cut_to_its_end():
+    output = "Collecting torch\n" + "x" * 7000
+    assert failures_first(output) == output[-6000:]

@@ -155,6 +155,49 @@ def test_stopped_and_restarted_run_equals_an_uninterrupted_one(stop, uninterrupt
     assert_same_run(finished_run(tmp_path, "run"), uninterrupted)
 
 
+# kill -9 at the first moment anyone can see a new last.ckpt: the instant its rename lands.
+KILL_WHEN_PUBLISHED = f"""
+import os, signal, sys
+from pathlib import Path
+import torch
+from {PACKAGE}.cli import main
+
+replace = os.replace
+
+def replace_then_die(src, dst):
+    replace(src, dst)
+    if Path(dst).name == "{LAST}":
+        if torch.load(dst, weights_only=False)["global_step"] == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_die
+main(sys.argv[2:])
+"""
+
+
+def test_kill_9_the_instant_last_ckpt_appears_loses_no_logged_step(uninterrupted, tmp_path):
+    """The random kills above, at their worst moment: as the checkpoint of step 30 appears.
+
+    Lightning logs a step's metrics after the callbacks' on_train_batch_end, where the
+    time-based checkpoint is taken. Were that checkpoint visible before the log is written, the
+    restart would resume after a step whose loss never reached TensorBoard: a gap in the curve.
+    """
+    every_step = "--run.checkpoint_minutes=0.00001"  # the timed checkpoint at every step
+    command = [sys.executable, "-c", KILL_WHEN_PUBLISHED, "30", *FIT, f"--run.root={tmp_path}"]
+    first = subprocess.run(
+        [*command, "--run.id=run", every_step], cwd=PROJECT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
+    last = tmp_path / "run" / "checkpoints" / LAST
+    assert checkpoint_step(last) == 30
+    process = fit_process(tmp_path, "run")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert f"resuming from {last}" in output
+    assert_same_run(finished_run(tmp_path, "run"), uninterrupted)
+
+
 EARLY_STOPPING = [  # stops at the second validation (step 50): no improvement of 1.0
     "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
     "--trainer.callbacks.monitor=val/loss",
@@ -304,6 +347,23 @@ def test_checkpoint_write_interrupted_midway_leaves_the_old_file(tmp_path, monke
     io.save_checkpoint({"step": 3}, path)
     assert torch.load(path, weights_only=True) == {"step": 3}
     assert torch.load(tmp_path / PREVIOUS, weights_only=True) == {"step": 1}
+
+
+def test_a_held_save_replaces_the_old_file_only_when_published(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / LAST
+    io.save_checkpoint({"step": 1}, path)
+    io.hold()
+    io.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    io.publish()
+    assert torch.load(path, weights_only=True) == {"step": 2}
+    assert torch.load(tmp_path / PREVIOUS, weights_only=True) == {"step": 1}
+    io.hold()
+    io.save_checkpoint({"step": 3}, path)
+    io.discard()  # training failed before the step's metrics were logged
+    assert torch.load(path, weights_only=True) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST, PREVIOUS]
 
 
 def test_no_token_from_the_environment_reaches_a_file(tmp_path, monkeypatch):

@@ -142,8 +142,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.rename(tmp, path)
 
     def discard(self) -> None:
-        """Stop holding; what was saved while held stays a .tmp that the next save replaces."""
-        self.held, self.pending = False, {}
+        """Stop holding and delete what was saved while held: the old files stay."""
+        self.held = False
+        pending, self.pending = self.pending, {}
+        for tmp in pending.values():
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def rename(tmp: Path, path: Path) -> None:
