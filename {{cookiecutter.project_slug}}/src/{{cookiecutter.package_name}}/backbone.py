@@ -95,16 +95,24 @@ class BackboneConfig:
                     f"backbone.rope_fraction={self.rope_fraction!r}: Mamba3 rotates half of the "
                     "state or all of it; use 0.5 or 1.0"
                 )
-            if int(self.d_state * self.rope_fraction) < 2:
+            if int(self.d_state * self.rope_fraction) % 4:
                 raise ValueError(
-                    f"backbone.d_state={self.d_state} leaves no pair of state channels to rotate "
-                    f"at rope_fraction={self.rope_fraction}; use a d_state of at least 4"
+                    f"backbone.d_state={self.d_state} at rope_fraction={self.rope_fraction} "
+                    f"rotates {int(self.d_state * self.rope_fraction)} state channels; Mamba3's "
+                    "kernel turns them in pairs of pairs, so use a d_state whose rotated share "
+                    "is a multiple of 4 (e.g. 16, 32, 64, 128)"
                 )
 
     @property
     def chunk(self) -> int:
-        """The scan's chunk length: chunk_size, or the mixer's default (mamba-ssm's)."""
-        return self.chunk_size or {"Mamba3": 64}.get(self.mixer, 256)
+        """The scan's chunk length: chunk_size, or the mixer's default as mamba-ssm recommends
+        it (Mamba2 256; Mamba3 64, and 64 / mimo_rank for MIMO, whose kernel holds a chunk of
+        every rank at once)."""
+        if self.chunk_size:
+            return self.chunk_size
+        if self.mixer == "Mamba3":
+            return max(8, 64 // self.mimo_rank) if self.is_mimo else 64
+        return 256
 
     def ssm_cfg(self) -> dict:
         """mamba-ssm's `ssm_cfg`: the mixer's name under "layer" and its constructor arguments."""
