@@ -69,3 +69,25 @@ def test_the_gated_norm_gates_before_or_after_the_norm(norm_before_gate):
     groups = ops.gated_rms_norm(y, None, weight, 1e-5, 4, kernels=False)  # two groups of 4
     want_groups = torch.cat([rms(y[:, :4]), rms(y[:, 4:])], -1) * weight
     torch.testing.assert_close(groups, want_groups)
+
+
+def test_decoding_reads_nothing_inside_a_mixer():
+    """generation.py knows a mixer only by its contract: allocate_inference_cache and step
+    (called through the backbone's forward), so a new or edited mixer decodes unchanged."""
+    import ast
+    import inspect
+
+    from {{ cookiecutter.package_name }} import generation
+
+    tree = ast.parse(inspect.getsource(generation))
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    used |= {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)} & {"mixer"}
+    inside = {"mixer"}
+    for name in ("Mamba1", "Mamba2", "Mamba3"):
+        layer = Backbone(BackboneConfig(mixer=name, **SMALL), vocab_size=32).layers[0].mixer
+        cls = type(layer)
+        inside |= set(vars(layer)) | {name for name, _ in layer.named_parameters()}
+        inside |= {name.split(".")[0] for name, _ in layer.named_modules() if name}
+        inside |= {name for name in vars(cls) if not name.startswith("__")}
+    allowed = {"allocate_inference_cache", "step", "training", "forward"}
+    assert not (used & inside) - allowed
