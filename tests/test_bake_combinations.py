@@ -79,6 +79,7 @@ COMMON_FILES = {
     "tests/test_layers_gpu.py",
     "tests/test_mamba3.py",
     "tests/test_mamba3_gpu.py",
+    "tests/test_mamba3_checkpoints.py",
     "tests/test_bad_inputs.py",
     "tests/test_data.py",
     "tests/test_ddp.py",
