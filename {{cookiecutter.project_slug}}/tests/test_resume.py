@@ -175,22 +175,25 @@ main(sys.argv[2:])
 """
 
 
-def test_kill_9_the_instant_last_ckpt_appears_loses_no_logged_step(uninterrupted, tmp_path):
-    """The random kills above, at their worst moment: as the checkpoint of step 30 appears.
+@pytest.mark.parametrize("step", [30, 25], ids=["mid-interval", "validation-step"])
+def test_kill_9_the_instant_last_ckpt_appears_loses_no_logged_step(step, uninterrupted, tmp_path):
+    """The random kills above, at their worst moment: as the checkpoint of `step` appears.
 
     Lightning logs a step's metrics after the callbacks' on_train_batch_end, where the
-    time-based checkpoint is taken. Were that checkpoint visible before the log is written, the
-    restart would resume after a step whose loss never reached TensorBoard: a gap in the curve.
+    time-based checkpoint is taken, and validates after that; a run resumed from that
+    checkpoint does not validate at its step again. Were it visible before the step's loss (or
+    its validation) is logged, the restart would leave that point out of TensorBoard for good.
     """
     every_step = "--run.checkpoint_minutes=0.00001"  # the timed checkpoint at every step
-    command = [sys.executable, "-c", KILL_WHEN_PUBLISHED, "30", *FIT, f"--run.root={tmp_path}"]
+    command = [sys.executable, "-c", KILL_WHEN_PUBLISHED, str(step), *FIT]
+    command.append(f"--run.root={tmp_path}")
     first = subprocess.run(
         [*command, "--run.id=run", every_step], cwd=PROJECT,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
     last = tmp_path / "run" / "checkpoints" / LAST
-    assert checkpoint_step(last) == 30
+    assert checkpoint_step(last) == step
     process = fit_process(tmp_path, "run")
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output

@@ -10,8 +10,9 @@ Every file is written to `<name>.tmp`, flushed to disk, then renamed over `<name
 is atomic, so a kill at any moment leaves either the old or the new file, never half of one,
 and never none: previous.ckpt is made as a second name (a hard link) of the old last.ckpt
 before the new one replaces it, so last.ckpt itself is never missing. A checkpoint taken at
-the end of a training step is renamed into place only once that step's metrics are in the
-TensorBoard log, so a run resumed after a kill -9 continues its curves without a gap.
+the end of a training step is renamed into place only once that step's metrics (and its
+validation's) are in the TensorBoard log, so a run resumed after a kill -9 continues its
+curves without a gap.
 A run is held by one process at a time: `fit` takes an advisory lock on `<run>/.lock`, which
 the operating system releases when the process ends, however it ends (kill -9 included).
 On SIGINT (Ctrl-C, Modal's preemption notice) or SIGTERM the run finishes its current
@@ -419,9 +420,10 @@ class LastCheckpoint(Checkpoint):
     finished step's metrics are logged (and a validation due at that step has run) as in an
     uninterrupted run. Under DDP the ranks agree on the decision (one small all-reduce per
     step) because saving a checkpoint is collective. A second Ctrl-C stops at once.
-    What is saved during a training step, here or by TimedCheckpoint, appears on disk only at
-    the next hook after Lightning has logged the step's metrics: a kill -9 in between would
-    otherwise leave a checkpoint to resume after a step that the log never received.
+    What is saved during a training step, here or by TimedCheckpoint, appears on disk only
+    once Lightning has logged the step's metrics and run a validation due at it (at the next
+    batch, the validation's end or the end of training): a kill -9 before would leave a
+    checkpoint to resume after a step whose loss or validation the log never received.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -497,12 +499,12 @@ class LastCheckpoint(Checkpoint):
         if self.io is not None:
             self.io.hold()
 
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self.publish()  # validation follows the logging of the step it validates
-
     def on_validation_end(self, trainer, pl_module) -> None:
+        # A run resumed from a checkpoint taken before a validation at its step skips that
+        # validation, so what was saved at the step's end waits for it: this save replaces it.
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self.save(trainer)
+        self.publish()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.restore()
