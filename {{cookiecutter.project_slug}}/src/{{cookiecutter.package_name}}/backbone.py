@@ -1,5 +1,8 @@
 """The Mamba backbone: embedding -> N x Block(norm, mixer[, norm2, mlp]) -> norm_f.
 
+A hybrid puts attention (`mixers.MHA`) in place of the Mamba mixer at the layers that
+`attn_layer_idx` names, shaped by `attn_cfg`, as mamba-ssm's create_block does.
+
 mamba-ssm's MixerModel built from our own layers (`mixers/`): the same module tree, parameter
 names, shapes and initialisation, so a state_dict moves between the two with strict=True. The
 layers are the same classes on every device; `impl` only says which kernels they call:
@@ -11,7 +14,7 @@ layers are the same classes on every device; `impl` only says which kernels they
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Literal
 
@@ -19,11 +22,37 @@ import torch
 from torch import Tensor, nn
 
 from . import mixers
+from .mixers.attention import attention_problem
 
 log = logging.getLogger(__name__)
 
 
 Impl = Literal["auto", "fused", "reference"]
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """The attention layers of a hybrid: mamba-ssm's `attn_cfg`, the arguments of its MHA.
+
+    The defaults are MHA's, except `causal`: the backbone reads left to right, so its
+    attention does too (mamba-ssm's MHA defaults to false; its hybrid configs set true).
+    """
+
+    num_heads: int = 8
+    num_heads_kv: int | None = None  # fewer key/value heads (GQA); None: num_heads
+    head_dim: int | None = None  # None: d_model // num_heads
+    mlp_dim: int = 0  # a SwiGLU MLP inside the layer, beside the attention (rounded up to 256s)
+    qkv_proj_bias: bool = True
+    out_proj_bias: bool = True
+    softmax_scale: float | None = None  # None: 1 / sqrt(head_dim)
+    causal: bool = True
+    d_conv: int = 0  # a causal depthwise convolution over q, k and v; 0: none
+    rotary_emb_dim: int = 0  # channels of each head turned by RoPE; 0: no position encoding
+    rotary_emb_base: float = 10000.0
+    rotary_emb_interleaved: bool = False  # RoPE's channel pairs: neighbours, not halves
+
+    def kwargs(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,8 @@ class BackboneConfig:
     residual_in_fp32: bool = True
     norm_epsilon: float = 1e-5
     pad_vocab_size_multiple: int = 8
+    attn_layer_idx: tuple[int, ...] = ()  # the layers that are attention (a hybrid), from 0
+    attn_cfg: AttnConfig = AttnConfig()  # their shape, in mamba-ssm's names
 
     def __post_init__(self):
         positive = (
@@ -103,6 +134,44 @@ class BackboneConfig:
                     "is a multiple of 4 (e.g. 16, 32, 64, 128)"
                 )
 
+        self._check_attention()
+
+    def _check_attention(self):
+        """Accept mamba-ssm's config.json layout (a list and a dict) and check it."""
+        cfg = self.attn_cfg
+        if isinstance(cfg, dict):
+            known = {f.name for f in fields(AttnConfig)}
+            if set(cfg) - known:
+                raise ValueError(
+                    f"backbone.attn_cfg: unknown {sorted(set(cfg) - known)}; its entries are "
+                    f"mamba-ssm MHA's arguments: {', '.join(sorted(known))}"
+                )
+            object.__setattr__(self, "attn_cfg", cfg := AttnConfig(**cfg))
+        object.__setattr__(self, "attn_layer_idx", idx := tuple(self.attn_layer_idx))
+        if not idx:
+            return
+        for i in idx:
+            if not isinstance(i, int) or not 0 <= i < self.n_layer:
+                raise ValueError(
+                    f"backbone.attn_layer_idx has {i!r}: layers are numbered 0 to "
+                    f"n_layer - 1 = {self.n_layer - 1}"
+                )
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"backbone.attn_layer_idx={list(idx)} names a layer twice")
+        problem = attention_problem(
+            self.d_model, cfg.num_heads, cfg.num_heads_kv, cfg.head_dim, cfg.rotary_emb_dim,
+            cfg.mlp_dim,
+        )  # fmt: skip
+        if problem is None and not cfg.causal:
+            problem = (
+                "causal=false would let a position see the tokens after it, which the Mamba "
+                "layers and decoding cannot; use causal: true"
+            )
+        if problem is None and cfg.d_conv < 0:
+            problem = f"d_conv={cfg.d_conv} must be >= 0 (0: no convolution)"
+        if problem:
+            raise ValueError(f"backbone.attn_cfg: {problem}")
+
     @property
     def chunk(self) -> int:
         """The scan's chunk length: chunk_size, or the mixer's default as mamba-ssm recommends
@@ -136,7 +205,7 @@ class BackboneConfig:
 
 
 # Checkpoints store the config in their hyperparameters; allow it under torch.load(weights_only).
-torch.serialization.add_safe_globals([BackboneConfig])
+torch.serialization.add_safe_globals([BackboneConfig, AttnConfig])
 
 
 @dataclass
@@ -182,13 +251,11 @@ def resolve_impl(impl: Impl) -> str:
 def create_block(config: "BackboneConfig", layer_idx: int, kernels: bool, device=None, dtype=None):
     """One layer: Block(norm, mixer[, norm2, mlp]), as mamba-ssm's create_block composes it."""
     factory = {"device": device, "dtype": dtype}
-    mixer_cls = partial(
-        mixers.MIXERS[config.mixer],
-        layer_idx=layer_idx,
-        kernels=kernels,
-        **config.mixer_kwargs(),
-        **factory,
-    )
+    if layer_idx in config.attn_layer_idx:
+        mixer, kwargs = mixers.MHA, config.attn_cfg.kwargs()
+    else:
+        mixer, kwargs = mixers.MIXERS[config.mixer], config.mixer_kwargs()
+    mixer_cls = partial(mixer, layer_idx=layer_idx, kernels=kernels, **kwargs, **factory)
     mlp_cls = (
         partial(mixers.GatedMLP, hidden_features=config.d_intermediate, **factory)
         if config.d_intermediate

@@ -16,6 +16,7 @@ sampling (no logits leave the graph) and, under autocast, reads copies of the ma
 autocast's dtype made once per call (`_CastWeights`) instead of casting them at every token.
 """
 
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -110,17 +111,19 @@ class Decoder:
     each `advance` returns the next. A step is the backbone's own forward on one token per
     row with `inference_params` past the prompt, which every mixer answers with its `step`.
     The token buffer is the step's input and its output, so a replayed graph needs nothing
-    from the host. Build it once, use it for many calls.
+    from the host. Build it once, use it for many calls of up to `max_seqlen` tokens a row
+    (prompt and new ones: the attention layers' caches hold every one).
     """
 
     def __init__(self, model: nn.Module, batch: int, dtype: torch.dtype, sampling: Sampling,
-                 cuda_graph: bool):  # fmt: skip
+                 cuda_graph: bool, max_seqlen: int = 1):  # fmt: skip
         self.model = weakref.proxy(model)  # the model owns its decoders, not the other way
         self.batch, self.dtype, self.sampling = batch, dtype, sampling
+        self.max_seqlen = max_seqlen
         device = model.output_weight.device
         self.casts = _CastWeights(model, dtype)
-        self.caches = model.backbone.allocate_inference_cache(batch, 1, dtype=self.dtype)
-        self.params = InferenceParams(0, batch, key_value_memory_dict=self.caches)
+        self.caches = model.backbone.allocate_inference_cache(batch, max_seqlen, dtype=dtype)
+        self.params = InferenceParams(max_seqlen, batch, key_value_memory_dict=self.caches)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # (B, 1)
         self.graph = None
         if cuda_graph and device.type == "cuda":
@@ -174,7 +177,7 @@ class Decoder:
         for length, rows in rows_of.items():
             whole = len(rows) == self.batch
             caches = self.caches if whole else self.model.backbone.allocate_inference_cache(
-                len(rows), length, dtype=self.dtype
+                len(rows), self.max_seqlen, dtype=self.dtype
             )  # fmt: skip
             params = InferenceParams(length, len(rows), key_value_memory_dict=caches)
             ids = torch.stack([prompts[r] for r in rows])  # (b, L)
@@ -206,8 +209,12 @@ class Decoder:
 _decoders: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
-def decoder(model: nn.Module, batch: int, sampling: Sampling, cuda_graph: bool) -> Decoder:
-    """The model's decoder for this batch size under the current dtype (autocast or not)."""
+def decoder(model: nn.Module, batch: int, sampling: Sampling, cuda_graph: bool,
+            length: int = 1) -> Decoder:  # fmt: skip
+    """The model's decoder for this batch size under the current dtype (autocast or not), for
+    rows of up to `length` tokens. A Mamba layer's state is the same size at any length; an
+    attention layer's cache holds every token, so a hybrid's decoder is rebuilt (and its graph
+    captured again) for a call longer than it holds, with room for the next power of two."""
     dtype = compute_dtype(model)
     # a moved or converted model has new parameter tensors: the old decoders point at the old
     params = tuple((p.data_ptr(), p.dtype) for p in model.parameters())
@@ -215,8 +222,11 @@ def decoder(model: nn.Module, batch: int, sampling: Sampling, cuda_graph: bool) 
     if entry is None or entry["params"] != params:
         entry = _decoders[model] = {"params": params, "decoders": {}}
     key = (batch, dtype, sampling, cuda_graph)
-    if key not in entry["decoders"]:
-        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, cuda_graph)
+    found = entry["decoders"].get(key)
+    grows = bool(model.backbone.config.attn_layer_idx)
+    if found is None or (grows and found.max_seqlen < length):
+        room = 2 ** math.ceil(math.log2(max(length, 64))) if grows else 1
+        entry["decoders"][key] = Decoder(model, batch, dtype, sampling, cuda_graph, room)
     return entry["decoders"][key]
 
 
@@ -233,7 +243,8 @@ def stream(
     prompts = [p.to(model.output_weight.device) for p in prompts]
     if not prompts or min(len(p) for p in prompts) < 1:
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
-    run = decoder(model, len(prompts), sampling, cuda_graph)
+    length = max(len(p) for p in prompts) + max_new_tokens
+    run = decoder(model, len(prompts), sampling, cuda_graph, length)
     yield run.start(prompts)
     for _ in range(max_new_tokens - 1):
         yield run.advance()

@@ -3,7 +3,9 @@
 The published Mamba checkpoints come in two layouts, and both load into our backbone:
 
     mamba_ssm  config.json {d_model, n_layer, vocab_size, ssm_cfg, pad_vocab_size_multiple, ...}
-               + pytorch_model.bin; state_spaces/mamba-130m ... mamba2-2.7b. Its keys are ours
+               + pytorch_model.bin; state_spaces/mamba-130m ... mamba2-2.7b, and the hybrids
+               (mamba2attn-2.7b: attention at the layers attn_layer_idx, shaped by attn_cfg,
+               MHA's arguments). Its keys are ours
                (`backbone.layers.0.mixer.in_proj.weight`, ...) because our MambaLM mirrors
                mamba-ssm's MambaLMHeadModel, plus `lm_head.weight`: the embedding again when
                `tie_embeddings` is true (the published models), its own head when false.
@@ -26,13 +28,13 @@ to reshape the weights.
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .backbone import BackboneConfig
+from .backbone import AttnConfig, BackboneConfig
 from .hub import hub_file, looks_like_path
 
 FORMATS = ("mamba_ssm", "hf")
@@ -269,7 +271,6 @@ def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, bool, in
     ssm = dict(config.get("ssm_cfg") or {})
     mixer = ssm.pop("layer", "Mamba1")
     _require(mixer in MAMBA_SSM_DEFAULTS, source, f"ssm_cfg.layer={mixer!r} is unknown")
-    _require(not config.get("attn_layer_idx"), source, "it has attention layers (a hybrid)")
     _require(config.get("rms_norm", True), source, "rms_norm=false (LayerNorm)")
     shape, chunk = {**MAMBA_SSM_DEFAULTS[mixer]}, None
     for key, value in ssm.items():
@@ -284,6 +285,16 @@ def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, bool, in
         else:
             _require(key in INIT_ONLY, source, f"ssm_cfg.{key} is unknown")
     multiple = config.get("pad_vocab_size_multiple", 8)
+    attn_layer_idx, attn_cfg = config.get("attn_layer_idx") or [], config.get("attn_cfg") or {}
+    if attn_layer_idx:
+        known = {f.name for f in fields(AttnConfig)}
+        for key in attn_cfg:
+            _require(key in known, source, f"attn_cfg.{key} is unknown")
+        if not attn_cfg.get("causal", False):  # mamba-ssm's MHA default: both ways
+            raise ValueError(
+                f"{source}: its attention layers are not causal (attn_cfg.causal is not true), "
+                "so each token sees the ones after it; this backbone reads left to right only"
+            )
     fixed = {
         "mixer": mixer,
         "d_model": config["d_model"],
@@ -292,6 +303,8 @@ def _from_mamba_ssm(config: dict, source: str) -> tuple[dict, int, int, bool, in
         "residual_in_fp32": config.get("residual_in_fp32", True),
         "norm_epsilon": 1e-5,  # MambaLMHeadModel always builds its norms with 1e-5
         "pad_vocab_size_multiple": multiple,
+        "attn_layer_idx": tuple(attn_layer_idx),
+        "attn_cfg": AttnConfig(**attn_cfg) if attn_layer_idx else AttnConfig(),
         **shape,
     }
     vocab, tied = config["vocab_size"], config.get("tie_embeddings", True)
@@ -315,6 +328,7 @@ def _from_hf(config: dict, source: str) -> tuple[dict, int, int, bool, int | Non
         "expand": get("expand"),
         "residual_in_fp32": config.get("residual_in_fp32", True),
         "norm_epsilon": config.get("layer_norm_epsilon", 1e-5),
+        "attn_layer_idx": (),
     }
     chunk = None
     if kind == "mamba":
@@ -365,6 +379,11 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
             "backbone.mixer=Mamba3: HF transformers has no Mamba-3 model; export this model "
             "with format=mamba_ssm"
         )
+    if format == "hf" and config.attn_layer_idx:
+        raise ValueError(
+            f"backbone.attn_layer_idx={list(config.attn_layer_idx)}: HF's Mamba models have no "
+            "attention layers; export this hybrid with format=mamba_ssm"
+        )
     if format == "hf" and config.d_intermediate:
         raise ValueError(
             f"backbone.d_intermediate={config.d_intermediate}: HF's Mamba models have no MLP "
@@ -408,8 +427,8 @@ def _mamba_ssm_config(config: BackboneConfig, vocab_size: int, tied: bool) -> di
         "n_layer": config.n_layer,
         "vocab_size": vocab_size,
         "ssm_cfg": ssm_cfg,
-        "attn_layer_idx": [],
-        "attn_cfg": {},
+        "attn_layer_idx": list(config.attn_layer_idx),
+        "attn_cfg": config.attn_cfg.kwargs() if config.attn_layer_idx else {},
         "rms_norm": True,
         "residual_in_fp32": config.residual_in_fp32,
         "fused_add_norm": True,
