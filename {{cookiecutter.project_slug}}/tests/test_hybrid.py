@@ -308,3 +308,49 @@ def test_a_hybrid_whose_attention_is_not_causal_is_refused_in_one_line(tmp_path)
 def test_a_hybrid_is_refused_by_the_hf_export_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^backbone\.attn_layer_idx=\[1\]: [^\n]*mamba_ssm$"):
         hybrid_lm("Mamba2").save_pretrained(str(tmp_path / "hf"), format="hf")
+
+
+# ------------------------------------------------------------------------ HF's Bamba
+
+
+def bamba_folder(path, **config):
+    """A tiny random BambaForCausalLM saved by transformers: Mamba2 layers, GQA attention at
+    layer 1 with RoPE on half of each head, a SwiGLU MLP after every layer."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=100, hidden_size=64, num_hidden_layers=3, attn_layer_indices=[1],
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, mamba_n_heads=8,
+        mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=8, rms_norm_eps=1e-5,
+    )  # fmt: skip
+    hf = transformers.BambaForCausalLM(transformers.BambaConfig(**{**shape, **config}))
+    with torch.no_grad():  # away from the initialisation's zeros and ones
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.eval().save_pretrained(path)
+    return hf
+
+
+def test_hf_bamba_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path):
+    hf = bamba_folder(tmp_path / "bamba")
+    model = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference").eval()
+    config = model.backbone.config
+    assert config.attn_layer_idx == (1,) and config.d_intermediate == 128
+    assert (config.attn_cfg.num_heads_kv, config.attn_cfg.rotary_emb_dim) == (2, 8)
+    ids = torch.randint(0, 100, (2, 13))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = model(ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    out = model.generate(ids[:, :5], max_new_tokens=6)  # and it decodes as its forward reads
+    with torch.no_grad():
+        assert torch.equal(out[:, 5:], model(out)[:, 4:-1].argmax(-1))
+
+
+def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):
+    bamba_folder(tmp_path / "bamba")
+    config = json.loads((tmp_path / "bamba" / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    (tmp_path / "bamba" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"^[^\n]*bamba: a scaled RoPE[^\n]*$"):
+        MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference")

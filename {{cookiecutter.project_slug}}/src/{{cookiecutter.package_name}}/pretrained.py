@@ -14,6 +14,11 @@ The published Mamba checkpoints come in two layouts, and both load into our back
                The same names, but `backbone.embeddings` for our `backbone.embedding`; an
                `lm_head.weight` of its own when `tie_word_embeddings` is false (HF's Mamba2
                default), none when it is tied.
+    bamba      HF's hybrid (model_type bamba, ibm-fms/Bamba-9B): Mamba2 layers and attention at
+               `attn_layer_indices`, a SwiGLU MLP after every layer, RoPE on half of each head.
+               Read only: its names are mapped to ours (`model.layers.3.self_attn.q_proj`,
+               `k_proj`, `v_proj` -> `backbone.layers.3.mixer.in_proj`; `feed_forward.up_proj`,
+               `gate_proj` -> `mlp.fc1`; ...).
 
 A name is a local folder when one exists under that name, else a hub id: huggingface_hub fetches
 the files into its cache (under HF_HOME; on Modal a Volume, so containers fetch them once),
@@ -28,6 +33,7 @@ to reshape the weights.
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -160,6 +166,8 @@ class Checkpoint:
                 state.update(load_file(path))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
+        if self.format == "bamba":
+            state = _from_bamba_names(state)
         embedding = (
             "backbone.embeddings.weight" if self.format == "hf" else "backbone.embedding.weight"
         )
@@ -250,6 +258,8 @@ def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoin
         shards = sorted(set(_read_json(weights[0], name_or_path)["weight_map"].values()))
         weights = [shard(name) for name in shards]
     config = _read_json(config_path, name_or_path)
+    if config.get("model_type") == "bamba":
+        return Checkpoint(name_or_path, "bamba", *_from_bamba(config, name_or_path), weights)
     if "model_type" in config:
         return Checkpoint(name_or_path, "hf", *_from_hf(config, name_or_path), weights)
     if "d_model" in config and "n_layer" in config:
@@ -351,6 +361,91 @@ def _from_hf(config: dict, source: str) -> tuple[dict, int, int, bool, int | Non
         chunk = config.get("chunk_size")
     tied = get("tie_word_embeddings")
     return fixed, config["vocab_size"], config["vocab_size"], tied, chunk
+
+
+def _from_bamba(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
+    """BambaConfig's fields as ours: the Mamba2 layers', the attention's, the MLP's."""
+    get = config.get
+    d_model, heads = config["hidden_size"], get("mamba_n_heads", 128)
+    expand = get("mamba_expand", 2)
+    headdim = get("mamba_d_head", "auto")
+    headdim = expand * d_model // heads if headdim == "auto" else headdim
+    _require(headdim * heads == expand * d_model, source, "mamba_n_heads x mamba_d_head is not "
+             "mamba_expand x hidden_size")  # fmt: skip
+    _require(get("hidden_act", "silu") == "silu", source, "hidden_act is not silu")
+    _require(not get("mamba_proj_bias", False), source, "mamba_proj_bias=true")
+    _require(get("mamba_conv_bias", True), source, "mamba_conv_bias=false")
+    _require(not get("mlp_bias", False), source, "mlp_bias=true")
+    limit = get("time_step_limit", COMPUTE["dt_limit"])
+    _require(_same(limit, COMPUTE["dt_limit"]), source, f"time_step_limit={limit}")
+    # Mamba2's gated norm uses 1e-5 in mamba-ssm and in our twin; Bamba uses rms_norm_eps
+    _require(get("rms_norm_eps", 1e-5) == 1e-5, source, "rms_norm_eps is not 1e-5")
+    mlp = get("intermediate_size", 14336)
+    _require(mlp % 128 == 0, source, f"intermediate_size={mlp} is not a multiple of 128")
+    rope = get("rope_parameters") or {}
+    _require(rope.get("rope_type", "default") == "default", source, "a scaled RoPE")
+    heads_q = get("num_attention_heads", 32)
+    head_dim = get("head_dim") or d_model // heads_q
+    bias = get("attention_bias", False)
+    attn_cfg = AttnConfig(
+        num_heads=heads_q,
+        num_heads_kv=get("num_key_value_heads") or heads_q,
+        head_dim=head_dim,
+        qkv_proj_bias=bias,
+        out_proj_bias=bias,
+        rotary_emb_dim=int(head_dim * 0.5),  # BambaConfig fixes partial_rotary_factor at 0.5
+        rotary_emb_base=float(rope.get("rope_theta", get("rope_theta", 10000.0))),
+    )
+    fixed = {
+        "mixer": "Mamba2",
+        "d_model": d_model,
+        "n_layer": config["num_hidden_layers"],
+        "d_intermediate": mlp,
+        "d_state": get("mamba_d_state", 256),
+        "d_conv": get("mamba_d_conv", 4),
+        "expand": expand,
+        "headdim": headdim,
+        "ngroups": get("mamba_n_groups", 1),
+        "norm_epsilon": 1e-5,
+        "attn_layer_idx": tuple(get("attn_layer_indices") or ()),
+        "attn_cfg": attn_cfg,
+    }
+    vocab, tied = config["vocab_size"], get("tie_word_embeddings", False)
+    return fixed, vocab, vocab, tied, get("mamba_chunk_size", 256)
+
+
+# Bamba's names -> ours; q, k and v (and up and gate) are concatenated afterwards
+BAMBA_NAMES = [
+    (r"model\.embed_tokens\.", "backbone.embedding."),
+    (r"model\.final_layernorm\.", "backbone.norm_f."),
+    (r"model\.layers\.(\d+)\.input_layernorm\.", r"backbone.layers.\1.norm."),
+    (r"model\.layers\.(\d+)\.pre_ff_layernorm\.", r"backbone.layers.\1.norm2."),
+    (r"model\.layers\.(\d+)\.mamba\.", r"backbone.layers.\1.mixer."),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.", r"backbone.layers.\1.mixer.out_proj."),
+    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.", r"backbone.layers.\1.mixer.in_proj.\2."),
+    (r"model\.layers\.(\d+)\.feed_forward\.down_proj\.", r"backbone.layers.\1.mlp.fc2."),
+    (r"model\.layers\.(\d+)\.feed_forward\.(up|gate)_proj\.", r"backbone.layers.\1.mlp.fc1.\2."),
+]  # fmt: skip
+# the parts of one of our matrices, in the order our layer splits it
+BAMBA_PARTS = {"mixer.in_proj.": ("q", "k", "v"), "mlp.fc1.": ("up", "gate")}
+
+
+def _from_bamba_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A Bamba state_dict under our names: MHA's in_proj is [q; k; v], GatedMLP's fc1 is
+    [up; gate] (it computes fc2(up * silu(gate)), as Bamba's down(silu(gate) * up))."""
+    renamed = {}
+    for key, value in state.items():
+        for pattern, name in BAMBA_NAMES:
+            if re.match(pattern, key):
+                key = re.sub(pattern, name, key, count=1)
+                break
+        renamed[key] = value
+    for key in [k for k in renamed if k.endswith((".q.weight", ".q.bias", ".up.weight"))]:
+        stem, part, kind = key.rsplit(".", 2)
+        prefix = stem + "."
+        parts = next(p for suffix, p in BAMBA_PARTS.items() if prefix.endswith(suffix))
+        renamed[prefix + kind] = torch.cat([renamed.pop(f"{prefix}{p}.{kind}") for p in parts])
+    return renamed
 
 
 def _same(value, default) -> bool:

@@ -148,7 +148,9 @@ class MHA(RecurrentMixer):
         length = u.shape[1]
         qkv, mlp = self._project(u)
         if self.d_conv:
-            if conv_state is not None:  # the last d_conv inputs, as a step reads them
+            # the last d_conv inputs, which a step reads (mamba-ssm 2.3.2's MHA keeps the conv's
+            # outputs here, so its tokens after a prompt differ from its own full forward's)
+            if conv_state is not None:
                 window = qkv.transpose(1, 2)
                 conv_state.copy_(F.pad(window, (self.d_conv - length, 0)))
             conv = F.conv1d(qkv.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
