@@ -100,6 +100,7 @@ COMMON_FILES = {
     "tests/conftest.py",
     "tests/test_generation.py",
     "tests/test_hybrid.py",
+    "tests/test_hybrid_gpu.py",
     "tests/test_generation_gpu.py",
     "tests/test_memory.py",
     "tests/test_modal_generate.py",
