@@ -212,11 +212,13 @@ def test_a_bad_attention_config_is_refused_in_one_line(change, message):
         BackboneConfig(**{**TINY, **given})
 
 
-def test_the_config_stays_hashable_and_rebuilds_from_its_dict():
+def test_the_config_stays_hashable_and_rebuilds_from_its_dict(tmp_path):
     model = hybrid_lm("Mamba2")
     config = model.backbone.config
     assert hash(config) == hash(BackboneConfig(**model.config["backbone"]))
     assert MambaLM.from_config(model.config).backbone.config == config
+    torch.save({"config": config}, tmp_path / "config.pt")  # as a checkpoint stores it
+    assert torch.load(tmp_path / "config.pt", weights_only=True)["config"] == config
 
 
 # ----------------------------------------------------------------- mamba-ssm's format

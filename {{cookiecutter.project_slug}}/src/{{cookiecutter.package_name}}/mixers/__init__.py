@@ -1,10 +1,10 @@
 """The layers of the backbone, one class each, with mamba-ssm's names (see each file):
 
-    layers.py   RMSNorm, GatedRMSNorm, GatedMLP, Block: what every block shares
-    mamba1.py   Mamba   (selective scan)
-    mamba2.py   Mamba2  (SSD)
-    mamba3.py   Mamba3  (Mamba-3: trapezoidal SSD with data-dependent rotations; SISO and MIMO)
-    attention.py MHA    (multi-head attention with a key-value cache: the layers of a hybrid)
+    layers.py     RMSNorm, GatedRMSNorm, GatedMLP, Block: what every block shares
+    mamba1.py     Mamba   (selective scan)
+    mamba2.py     Mamba2  (SSD)
+    mamba3.py     Mamba3  (Mamba-3: trapezoidal SSD with data-dependent rotations; SISO and MIMO)
+    attention.py  MHA     (attention with a key-value cache: the attention layers of a hybrid)
 
 A mixer is one `nn.Module` on every device. Its `forward` calls the kernels through `ops`
 (mamba-ssm's fused kernels on a GPU that has them, plain PyTorch elsewhere), and its `step` and
