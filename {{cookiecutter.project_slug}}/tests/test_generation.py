@@ -83,10 +83,11 @@ def test_under_autocast_the_recurrent_states_follow_the_compute_dtype():
     prompt = torch.randint(0, 256, (2, 5))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.generate(prompt, 4)
-        states = decoder(model, 2, GREEDY, cuda_graph=True).caches[0]
-    assert out.shape == (2, 9) and {s.dtype for s in states} == {torch.bfloat16}
-    states = decoder(model, 2, GREEDY, cuda_graph=True).caches[0]
-    assert {s.dtype for s in states} == {torch.float32}
+        conv, ssm, A = decoder(model, 2, GREEDY, cuda_graph=True).caches[0]
+    assert out.shape == (2, 9) and {conv.dtype, ssm.dtype} == {torch.bfloat16}
+    assert A.dtype == torch.float32  # -exp(A_log), kept as the float32 weights give it
+    conv, ssm, _ = decoder(model, 2, GREEDY, cuda_graph=True).caches[0]
+    assert {conv.dtype, ssm.dtype} == {torch.float32}
 
 
 # ------------------------------------------------------------------------------- sampling

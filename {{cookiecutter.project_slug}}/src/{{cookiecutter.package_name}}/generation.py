@@ -186,10 +186,13 @@ class Decoder:
                 logits = part.new_empty(self.batch, part.shape[-1])
             index = torch.tensor(rows, device=part.device)
             logits[index] = part
-            if not whole:
-                for layer, states in caches.items():
+            if not whole:  # per-row states go to their rows; what a layer keeps for all
+                for layer, states in caches.items():  # rows (its prefill's constants) is copied
                     for full, state in zip(self.caches[layer], states, strict=True):
-                        full[index] = state
+                        if full.shape == state.shape:
+                            full.copy_(state)
+                        else:
+                            full[index] = state
         self.params.seqlen_offset = max(rows_of)  # > 0: the mixers step from now on
         s = self.sampling
         self.token.copy_(sample_token(logits.float(), s.temperature, s.top_k, s.top_p))

@@ -94,9 +94,11 @@ class Mamba(RecurrentMixer):
     def _conv_weight(self) -> Tensor:
         return self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
 
-    def _forward(self, u: Tensor, conv_state=None, ssm_state=None) -> Tensor:
-        """u (B, L, d_model) -> (B, L, d_model); a given state is filled from the sequence."""
+    def _forward(self, u: Tensor, conv_state=None, ssm_state=None, A_state=None) -> Tensor:
+        """u (B, L, d_model) -> (B, L, d_model); given states are filled from the sequence."""
         A = -torch.exp(_up(self.A_log))  # (d_inner, d_state)
+        if A_state is not None:  # kept for the steps: two kernels less per layer and token
+            A_state.copy_(A)
         if self.use_fast_path and ops.fused_layer(self.kernels, u) and conv_state is None:
             # in_proj written straight into the (B, 2 * d_inner, L) layout the kernel reads
             xz = (self.in_proj.weight @ u.flatten(0, 1).T).unflatten(1, u.shape[:2])
@@ -104,7 +106,7 @@ class Mamba(RecurrentMixer):
             if self.in_proj.bias is not None:
                 xz = xz + self.in_proj.bias.to(xz.dtype)[:, None]
             return ops.mamba_inner(
-                xz, self._conv_weight(), self.conv1d.bias, self.x_proj.weight,
+                xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                 self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, self.D,
                 self.dt_proj.bias,
             )  # fmt: skip
@@ -122,24 +124,25 @@ class Mamba(RecurrentMixer):
             ssm_state.copy_(last_state)
         return self.out_proj(y)
 
-    def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor):
-        """One token: u (B, 1, d_model) -> (B, 1, d_model); the states advance in place."""
+    def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, A: Tensor):
+        """One token: u (B, 1, d_model) -> (B, 1, d_model); the states advance in place.
+        A = -exp(A_log) as the prompt's forward left it in the cache."""
         x, z = self.in_proj(u.squeeze(1)).chunk(2, dim=-1)  # (B, d_inner)
         x = ops.causal_conv1d_step(
             x, conv_state, self._conv_weight(), self.conv1d.bias, kernels=self.kernels
         )
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, d_inner)
-        A = -torch.exp(_up(self.A_log))
         y = ops.selective_state_step(
             ssm_state, x, dt, A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
             kernels=self.kernels,
         )  # fmt: skip
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state, A
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """The decoding state of `batch_size` sequences: the conv window (B, d_inner, d_conv)
-        and the SSM state (B, d_inner, d_state), in mamba-ssm's layout."""
+        and the SSM state (B, d_inner, d_state), in mamba-ssm's layout, and A = -exp(A_log)
+        (d_inner, d_state), which the prompt's forward fills and every step reads."""
         device = self.out_proj.weight.device
         conv_dtype = dtype or self.conv1d.weight.dtype
         conv_state = torch.zeros(
@@ -149,4 +152,5 @@ class Mamba(RecurrentMixer):
         ssm_state = torch.zeros(
             batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype
         )
-        return conv_state, ssm_state
+        A = torch.zeros_like(self.A_log, dtype=_up(self.A_log).dtype)
+        return conv_state, ssm_state, A

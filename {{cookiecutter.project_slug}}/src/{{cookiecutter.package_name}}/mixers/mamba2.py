@@ -123,10 +123,12 @@ class Mamba2(RecurrentMixer):
             -1, groups
         )
 
-    def _forward(self, u: Tensor, conv_state=None, ssm_state=None) -> Tensor:
-        """u (B, L, d_model) -> (B, L, d_model); a given state is filled from the sequence."""
+    def _forward(self, u: Tensor, conv_state=None, ssm_state=None, A_state=None) -> Tensor:
+        """u (B, L, d_model) -> (B, L, d_model); given states are filled from the sequence."""
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
         A = -torch.exp(_up(self.A_log))  # (H,)
+        if A_state is not None:  # kept for the steps: two kernels less per layer and token
+            A_state.copy_(A)
         if self.use_mem_eff_path and ops.fused_layer(self.kernels, u) and conv_state is None:
             return ops.mamba_split_conv1d_scan(
                 zxbcdt, self._conv_weight(), self.conv1d.bias, self.dt_bias, A, self.D,
@@ -147,27 +149,29 @@ class Mamba2(RecurrentMixer):
         y = self.norm(y.flatten(-2), z)  # (B, L, d_inner)
         return self.out_proj(y)
 
-    def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor):
-        """One token: u (B, 1, d_model) -> (B, 1, d_model); the states advance in place."""
+    def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor, A: Tensor):
+        """One token: u (B, 1, d_model) -> (B, 1, d_model); the states advance in place.
+        A = -exp(A_log) as the prompt's forward left it in the cache."""
         z, xBC, dt = self._split(self.in_proj(u.squeeze(1)))
         xBC = ops.causal_conv1d_step(
             xBC, conv_state, self._conv_weight(), self.conv1d.bias, kernels=self.kernels
         )
         x, B, C = self._heads(xBC)
-        A = -torch.exp(_up(self.A_log))
         y = ops.ssd_state_step(
             ssm_state, x, dt, A, B, C, self.D, self.dt_bias, kernels=self.kernels
         )  # (B, H, P)
         y = self.norm(y.flatten(-2), z)
-        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state, A
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         """The decoding state of `batch_size` sequences: the conv window (B, conv_dim, d_conv)
-        and the SSM state (B, H, P, N), in mamba-ssm's layout."""
+        and the SSM state (B, H, P, N), in mamba-ssm's layout, and A = -exp(A_log) (H,),
+        which the prompt's forward fills and every step reads."""
         device = self.out_proj.weight.device
         conv_dim = self.conv1d.weight.shape[0]
         conv_dtype = dtype or self.conv1d.weight.dtype
         conv_state = torch.zeros(batch_size, conv_dim, self.d_conv, device=device, dtype=conv_dtype)
         shape = (batch_size, self.nheads, self.headdim, self.d_state)
         ssm_state = torch.zeros(shape, device=device, dtype=dtype or self.in_proj.weight.dtype)
-        return conv_state, ssm_state
+        A = torch.zeros(self.nheads, device=device, dtype=_up(self.A_log).dtype)
+        return conv_state, ssm_state, A
