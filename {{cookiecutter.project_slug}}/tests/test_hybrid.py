@@ -347,6 +347,10 @@ def test_hf_bamba_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path):
     out = model.generate(ids[:, :5], max_new_tokens=6)  # and it decodes as its forward reads
     with torch.no_grad():
         assert torch.equal(out[:, 5:], model(out)[:, 4:-1].argmax(-1))
+    # written out in mamba-ssm's format, it is the same model there
+    again = MambaLM.from_pretrained(str(model.save_pretrained(str(tmp_path / "ssm"))))
+    with torch.no_grad():
+        assert torch.equal(again.eval()(ids), got)
 
 
 def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):
