@@ -228,12 +228,13 @@ def own_rows(mixer: str, repeats: int) -> list[dict]:
             seconds = statistics.median(timed(call, repeats))
             # teacher-forced: the full forward's argmax at each decoded position
             want = model(out[:, :-1]).argmax(-1)[:, SHAPE["prompt"] - 1 :]
+            same = (want == out[:, SHAPE["prompt"] :]).float().mean().item()
             rows.append({
                 "mixer": mixer,
                 "dtype": dtype,
                 "batch": batch,
                 "ours_tokens_per_s": round(batch * SHAPE["new_tokens"] / seconds),
-                "greedy_equals_full_forward": (want == out[:, SHAPE["prompt"] :]).float().mean().item(),
+                "greedy_equals_full_forward": same,
             })  # fmt: skip
             print(f"{mixer} {dtype} B={batch}: {rows[-1]}", flush=True)
         del model

@@ -51,7 +51,9 @@ def test_the_plain_causal_conv_is_a_depthwise_conv1d_and_its_step_continues_it()
     got = ops.causal_conv1d(x, weight, conv.bias, kernels=True)  # a CPU tensor: plain PyTorch
     torch.testing.assert_close(got, want)
     state = torch.zeros(2, 6, 4)
-    steps = [ops.causal_conv1d_step(x[:, t], state, weight, conv.bias, kernels=False) for t in range(9)]
+    steps = [
+        ops.causal_conv1d_step(x[:, t], state, weight, conv.bias, kernels=False) for t in range(9)
+    ]
     torch.testing.assert_close(torch.stack(steps, 1), want)
 
 

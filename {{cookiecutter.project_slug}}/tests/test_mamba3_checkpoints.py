@@ -79,9 +79,8 @@ def test_a_mamba_ssm_format_mamba3_folder_loads_strictly_and_round_trips(tmp_pat
     state = write_folder(tmp_path / "theirs", ssm_cfg, rank)
     model = MambaLM.from_pretrained(str(tmp_path / "theirs"), impl="reference").eval()
     config = model.backbone.config
-    assert (config.mixer, config.d_state, config.headdim, config.is_mimo) == (
-        "Mamba3", D_STATE, HEADDIM, rank > 1
-    )
+    shape = (config.mixer, config.d_state, config.headdim, config.is_mimo)
+    assert shape == ("Mamba3", D_STATE, HEADDIM, rank > 1)
     ours = model.state_dict()
     for key, value in state.items():
         if key != "lm_head.weight":

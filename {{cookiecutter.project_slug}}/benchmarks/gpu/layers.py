@@ -89,7 +89,12 @@ def section_layers(lengths=(100, 300)) -> dict:
             row["reference_vs_fused"] = _compare(_run(reference, u, weight), fused)
             results[f"{mixer} L={length}"] = row
     rows = [
-        {"layer": name, "check": check, **{k: v for k, v in r.items() if k in ("out", "input_grad", "worst_param_grad")}, "note": r.get("error", r.get("worst_param", ""))[:30]}  # noqa: E501
+        {
+            "layer": name,
+            "check": check,
+            **{k: v for k, v in r.items() if k in ("out", "input_grad", "worst_param_grad")},
+            "note": r.get("error", r.get("worst_param", ""))[:30],
+        }
         for name, checks in results.items()
         for check, r in checks.items()
     ]

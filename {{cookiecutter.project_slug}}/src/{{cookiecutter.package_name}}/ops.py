@@ -125,7 +125,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, *, kernels: bo
         # (B, C, L) with channels innermost: causal-conv1d's channel-last layout, no copy
         return causal_conv1d_fn(x.transpose(1, 2), weight, bias, activation="silu").transpose(1, 2)
     width, length = weight.shape[-1], x.shape[1]
-    out = F.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias, padding=width - 1, groups=len(weight))
+    out = F.conv1d(
+        x.transpose(1, 2), weight.unsqueeze(1), bias, padding=width - 1, groups=len(weight)
+    )
     return F.silu(out[..., :length]).transpose(1, 2)
 
 
@@ -280,9 +282,18 @@ def fused_layer(kernels: bool, u: Tensor) -> bool:
     return _fused(kernels, u) and _installed("causal_conv1d")
 
 
-def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_proj_weight: Tensor,
-                dt_proj_weight: Tensor, out_proj_weight: Tensor, out_proj_bias: Tensor | None,
-                A: Tensor, D: Tensor, dt_bias: Tensor) -> Tensor:  # fmt: skip
+def mamba_inner(
+    xz: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    dt_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    D: Tensor,
+    dt_bias: Tensor,
+) -> Tensor:
     """Mamba1 from in_proj's output xz (B, 2D, L) to out_proj's (B, L, d_model), in one
     autograd function: mamba-ssm's mamba_inner_fn. CUDA only."""
     from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
@@ -293,10 +304,21 @@ def mamba_inner(xz: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, x_pro
     )  # fmt: skip
 
 
-def mamba_split_conv1d_scan(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
-                            dt_bias: Tensor, A: Tensor, D: Tensor, chunk_size: int,
-                            norm_weight: Tensor, norm_eps: float, out_proj_weight: Tensor,
-                            out_proj_bias: Tensor | None, headdim: int, ngroups: int) -> Tensor:  # fmt: skip
+def mamba_split_conv1d_scan(
+    zxbcdt: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    dt_bias: Tensor,
+    A: Tensor,
+    D: Tensor,
+    chunk_size: int,
+    norm_weight: Tensor,
+    norm_eps: float,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    headdim: int,
+    ngroups: int,
+) -> Tensor:
     """Mamba2 from in_proj's output (B, L, d_in_proj) to out_proj's (B, L, d_model), in one
     autograd function: mamba-ssm's mamba_split_conv1d_scan_combined. CUDA only."""
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
@@ -339,8 +361,10 @@ def mamba3_kernel_problem(mimo: bool, device: torch.device | None = None) -> str
     return None
 
 
-def mamba3_siso(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None,
-                Input_States=None, chunk_size=64, return_final_states=False, *, kernels: bool):  # fmt: skip
+def mamba3_siso(
+    Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None, Input_States=None,
+    chunk_size=64, return_final_states=False, *, kernels: bool,
+):  # fmt: skip
     """Mamba-3 (SISO) with mamba-ssm's `mamba3_siso_combined` arguments and results; the
     recurrence is written in scan.py. On a GPU its Triton kernel (Hopper only)."""
     if _fused(kernels, V):
@@ -359,8 +383,10 @@ def mamba3_siso(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D=None, Z=None,
     )  # fmt: skip
 
 
-def mamba3_mimo(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, Angles, D, Z,
-                chunk_size, rotary_dim_divisor, dtype, return_state=False, *, kernels: bool):  # fmt: skip
+def mamba3_mimo(
+    Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, Angles, D, Z,
+    chunk_size, rotary_dim_divisor, dtype, return_state=False, *, kernels: bool,
+):  # fmt: skip
     """Mamba-3 (MIMO) with mamba-ssm's `mamba3_mimo` arguments and results. Its fused kernel
     needs TileLang, which the pinned image does not install: the plain-PyTorch scan runs."""
     args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, Angles, D, Z)

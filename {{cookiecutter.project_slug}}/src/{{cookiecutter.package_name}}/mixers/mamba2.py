@@ -119,8 +119,10 @@ class Mamba2(RecurrentMixer):
         gn = self.ngroups * self.d_state
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         groups = (self.ngroups, self.d_state)
-        return x.unflatten(-1, (self.nheads, self.headdim)), B.unflatten(-1, groups), C.unflatten(
-            -1, groups
+        return (
+            x.unflatten(-1, (self.nheads, self.headdim)),
+            B.unflatten(-1, groups),
+            C.unflatten(-1, groups),
         )
 
     def _forward(self, u: Tensor, conv_state=None, ssm_state=None, A_state=None) -> Tensor:
