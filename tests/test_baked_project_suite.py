@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(
     reason=f"baked projects offer Python {CHOICES['python_version']}, not {HERE}",
 )
 
-# The default project and one other per task, together covering every non-GPU option.
+# The default project, a Mamba3 one, and one other per task, together covering every non-GPU
+# option.
 CASES = {
     "default": {},
     "language_model-Mamba1-Apache-py311": {
@@ -37,6 +38,7 @@ CASES = {
         "python_version": "3.11",
         "modal_gpu": "H100",
     },
+    "language_model-Mamba3-H200": {"mamba_version": "Mamba3", "modal_gpu": "H200"},
     "sequence_classification-Mamba2": {"task": "sequence_classification"},
     "sequence_classification-Mamba1-none-py311": {
         "task": "sequence_classification",

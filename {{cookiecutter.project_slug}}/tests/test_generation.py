@@ -17,7 +17,7 @@ from {{ cookiecutter.package_name }}.data.text import TextTokenizer
 from {{ cookiecutter.package_name }}.generation import Sampling, decoder, sample_token
 from {{ cookiecutter.package_name }}.model import MambaLM
 
-MIXERS = ["Mamba1", "Mamba2"]
+MIXERS = ["Mamba1", "Mamba2", "Mamba3"]
 GREEDY = Sampling()
 
 

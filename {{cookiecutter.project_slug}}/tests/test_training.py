@@ -159,7 +159,7 @@ def test_print_config_shows_every_shipped_config(config):
     )
     printed = yaml.safe_load(result.stdout)
     net = printed["model"]["init_args"]["net"]["init_args"]
-    assert net["backbone"]["mixer"] in ("Mamba1", "Mamba2")
+    assert net["backbone"]["mixer"] in ("Mamba1", "Mamba2", "Mamba3")
     assert printed["data"]["class_path"].startswith(f"{PACKAGE}.data.")
     assert printed["trainer"]["gradient_clip_val"] == 1.0
 
