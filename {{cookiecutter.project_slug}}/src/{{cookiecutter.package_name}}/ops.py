@@ -33,7 +33,7 @@ from . import scan
 log = logging.getLogger(__name__)
 
 
-def _up(t: Tensor) -> Tensor:
+def up(t: Tensor) -> Tensor:
     """At least float32: half precision goes up, float64 (used by precision checks) stays."""
     return t if t.dtype == torch.float64 else t.float()
 
@@ -50,8 +50,8 @@ def _fused(kernels: bool, t: Tensor, package: str = "mamba_ssm") -> bool:
 
 
 def _softplus_dt(dt: Tensor, dt_bias: Tensor | None) -> Tensor:
-    dt = _up(dt)
-    return F.softplus(dt + _up(dt_bias) if dt_bias is not None else dt)
+    dt = up(dt)
+    return F.softplus(dt + up(dt_bias) if dt_bias is not None else dt)
 
 
 # -------------------------------------------------------------------------------- norms
@@ -77,10 +77,10 @@ def rms_norm(
         )  # fmt: skip
     if residual is not None:
         x = x + residual
-    residual = _up(x) if residual_in_fp32 else x
-    xf = _up(x)
+    residual = up(x) if residual_in_fp32 else x
+    xf = up(x)
     out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    out = (out * _up(weight)).to(x.dtype)
+    out = (out * up(weight)).to(x.dtype)
     return (out, residual) if prenorm else out
 
 
@@ -103,14 +103,14 @@ def gated_rms_norm(
             y, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate
         )
     dtype = y.dtype
-    y = _up(y)
+    y = up(y)
     if z is not None and not norm_before_gate:
-        y = y * F.silu(_up(z))  # (..., D)
+        y = y * F.silu(up(z))  # (..., D)
     groups = y.unflatten(-1, (-1, group_size or y.shape[-1]))  # (..., G, D/G)
     groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + eps)
-    out = groups.flatten(-2) * _up(weight)
+    out = groups.flatten(-2) * up(weight)
     if z is not None and norm_before_gate:
-        out = out * F.silu(_up(z))
+        out = out * F.silu(up(z))
     return out.to(dtype)
 
 
@@ -204,11 +204,11 @@ def selective_state_step(
             state, x, dt, A, B, C, D, z=z, dt_bias=dt_bias, dt_softplus=True
         )
     y, new = scan.selective_state_step(
-        _up(state), _up(x), _softplus_dt(dt, dt_bias), A, _up(B), _up(C), D
+        up(state), up(x), _softplus_dt(dt, dt_bias), A, up(B), up(C), D
     )
     state.copy_(new)
     if z is not None:
-        y = y * F.silu(_up(z))
+        y = y * F.silu(up(z))
     return y.to(x.dtype)
 
 
@@ -267,9 +267,7 @@ def ssd_state_step(
             None if D is None else D[:, None].expand(h, p),
             dt_bias=None if dt_bias is None else dt_bias[:, None].expand(h, p), dt_softplus=True,
         )  # fmt: skip
-    y, new = scan.ssd_state_step(
-        _up(state), _up(x), _softplus_dt(dt, dt_bias), A, _up(B), _up(C), D
-    )
+    y, new = scan.ssd_state_step(up(state), up(x), _softplus_dt(dt, dt_bias), A, up(B), up(C), D)
     state.copy_(new)
     return y.to(x.dtype)
 

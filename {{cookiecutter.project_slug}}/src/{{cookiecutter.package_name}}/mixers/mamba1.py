@@ -18,10 +18,6 @@ from .. import ops
 from .layers import RecurrentMixer, fill_conv_state, inverse_softplus_dt
 
 
-def _up(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
 class Mamba(RecurrentMixer):
     """The selective-scan mixer (Mamba1).
 
@@ -96,7 +92,7 @@ class Mamba(RecurrentMixer):
 
     def _forward(self, u: Tensor, conv_state=None, ssm_state=None, A_state=None) -> Tensor:
         """u (B, L, d_model) -> (B, L, d_model); given states are filled from the sequence."""
-        A = -torch.exp(_up(self.A_log))  # (d_inner, d_state)
+        A = -torch.exp(ops.up(self.A_log))  # (d_inner, d_state)
         if A_state is not None:  # kept for the steps: two kernels less per layer and token
             A_state.copy_(A)
         if self.use_fast_path and ops.fused_layer(self.kernels, u) and conv_state is None:
@@ -116,7 +112,7 @@ class Mamba(RecurrentMixer):
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); its bias joins in the scan
         y = ops.selective_scan(
-            x, dt, A, B, C, _up(self.D), z=z, dt_bias=self.dt_proj.bias,
+            x, dt, A, B, C, ops.up(self.D), z=z, dt_bias=self.dt_proj.bias,
             return_final_state=ssm_state is not None, kernels=self.kernels,
         )  # fmt: skip
         if ssm_state is not None:
@@ -152,5 +148,5 @@ class Mamba(RecurrentMixer):
         ssm_state = torch.zeros(
             batch_size, self.d_inner, self.d_state, device=device, dtype=ssm_dtype
         )
-        A = torch.zeros_like(self.A_log, dtype=_up(self.A_log).dtype)
+        A = torch.zeros_like(self.A_log, dtype=ops.up(self.A_log).dtype)
         return conv_state, ssm_state, A

@@ -15,10 +15,6 @@ from .. import ops
 from .layers import GatedRMSNorm, RecurrentMixer, fill_conv_state, inverse_softplus_dt
 
 
-def _up(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
 class Mamba2(RecurrentMixer):
     """The SSD mixer (Mamba2): scalar decay per head, B/C shared within groups of heads.
 
@@ -128,7 +124,7 @@ class Mamba2(RecurrentMixer):
     def _forward(self, u: Tensor, conv_state=None, ssm_state=None, A_state=None) -> Tensor:
         """u (B, L, d_model) -> (B, L, d_model); given states are filled from the sequence."""
         zxbcdt = self.in_proj(u)  # (B, L, d_in_proj)
-        A = -torch.exp(_up(self.A_log))  # (H,)
+        A = -torch.exp(ops.up(self.A_log))  # (H,)
         if A_state is not None:  # kept for the steps: two kernels less per layer and token
             A_state.copy_(A)
         if self.use_mem_eff_path and ops.fused_layer(self.kernels, u) and conv_state is None:
@@ -142,7 +138,7 @@ class Mamba2(RecurrentMixer):
         xBC = ops.causal_conv1d(xBC, self._conv_weight(), self.conv1d.bias, kernels=self.kernels)
         x, B, C = self._heads(xBC)
         y = ops.ssd_scan(
-            x, dt, A, B, C, self.chunk_size, D=_up(self.D), dt_bias=self.dt_bias,
+            x, dt, A, B, C, self.chunk_size, D=ops.up(self.D), dt_bias=self.dt_bias,
             return_final_state=ssm_state is not None, kernels=self.kernels,
         )  # fmt: skip
         if ssm_state is not None:
@@ -175,5 +171,5 @@ class Mamba2(RecurrentMixer):
         conv_state = torch.zeros(batch_size, conv_dim, self.d_conv, device=device, dtype=conv_dtype)
         shape = (batch_size, self.nheads, self.headdim, self.d_state)
         ssm_state = torch.zeros(shape, device=device, dtype=dtype or self.in_proj.weight.dtype)
-        A = torch.zeros(self.nheads, device=device, dtype=_up(self.A_log).dtype)
+        A = torch.zeros(self.nheads, device=device, dtype=ops.up(self.A_log).dtype)
         return conv_state, ssm_state, A

@@ -23,10 +23,6 @@ from .. import ops, scan
 from .layers import GatedRMSNorm, RecurrentMixer, inverse_softplus_dt
 
 
-def _up(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
 class Mamba3(RecurrentMixer):
     """The Mamba-3 mixer: SSD with a trapezoidal rule, rotated B/C, and optionally MIMO.
 
@@ -129,10 +125,10 @@ class Mamba3(RecurrentMixer):
         z, x = z.unflatten(-1, heads), x.unflatten(-1, heads)
         ranks = (self.mimo_rank, self.num_bc_heads, self.d_state)
         B, C = self.B_norm(B.unflatten(-1, ranks)), self.C_norm(C.unflatten(-1, ranks))
-        A = (-F.softplus(_up(dd_A))).clamp(max=-self.A_floor)  # (B, L, H), below 0
+        A = (-F.softplus(ops.up(dd_A))).clamp(max=-self.A_floor)  # (B, L, H), below 0
         DT = F.softplus(dd_dt + self.dt_bias)  # float32 through dt_bias
         # every head turns by the same angles, at its own pace DT
-        angles = _up(angles).unsqueeze(-2).expand(*angles.shape[:-1], self.nheads, -1)
+        angles = ops.up(angles).unsqueeze(-2).expand(*angles.shape[:-1], self.nheads, -1)
         return z, x, B, C, A * DT, DT, trap, angles
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
@@ -142,8 +138,8 @@ class Mamba3(RecurrentMixer):
             return y.flatten(-2)
         if not self.is_mimo:
             return self.norm(y.flatten(-2), z.flatten(-2))
-        z = _up(z).unsqueeze(-3) * self.mimo_z.transpose(0, 1)  # (..., R, H, P)
-        y = self.norm(_up(y).flatten(-2), z.flatten(-2)).unflatten(-1, (self.nheads, -1))
+        z = ops.up(z).unsqueeze(-3) * self.mimo_z.transpose(0, 1)  # (..., R, H, P)
+        y = self.norm(ops.up(y).flatten(-2), z.flatten(-2)).unflatten(-1, (self.nheads, -1))
         return (y * self.mimo_o.transpose(0, 1)).sum(-3).flatten(-2)
 
     def _forward(self, u: Tensor, angle_state=None, ssm_state=None, k_state=None, v_state=None):
