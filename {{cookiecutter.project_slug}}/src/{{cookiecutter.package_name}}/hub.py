@@ -5,15 +5,39 @@ anything else of the form org/name is a hub id, resolved by huggingface_hub into
 (under HF_HOME; on Modal a Volume), which honours a revision pin and HF_HUB_OFFLINE=1.
 """
 
+import os
 import re
+import socket
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def looks_like_path(name: str) -> bool:
     """A name that can only be a path (./x, /x, ~/x, x.json, a/b/c), never a hub id."""
     return name.endswith(".json") or not HUB_ID.fullmatch(name)
+
+
+@cache
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached ("huggingface.co:443: [Errno -2] ..."), or None if it
+    answers a TCP connection within `timeout` seconds. Asked once per process: without it,
+    huggingface_hub retries an unreachable hub five times over some 25 seconds. Behind a proxy
+    the hub is not asked directly: the download finds out."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in PROXIES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    where = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except OSError as err:
+        return f"{where[0]}:{where[1]}: {err}"
+    return None
 
 
 def hub_file(
@@ -39,12 +63,21 @@ def hub_file(
 
     at = f"{what} {repo_id}@{revision}" if revision else f"{what} {repo_id}"
     nowhere = f"(and there is no local folder {repo_id!r})"
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    offline = constants.is_offline_mode()
+    unreachable = None if offline else hub_unreachable()
+    try:  # an unreachable hub is read as offline: the cache answers at once
+        local = offline or unreachable is not None
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=local))
     except LocalEntryNotFoundError:  # offline, or the hub is unreachable, and not in the cache
         if not required:
             return None
-        if constants.is_offline_mode():
+        if unreachable is not None:
+            message = (
+                f"{at}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                f"{nowhere}, and the hub cannot be reached ({unreachable}); run once online, "
+                "or give a local folder"
+            )
+        elif offline:
             message = (
                 f"{at}: {filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
                 f"{nowhere}, and HF_HUB_OFFLINE=1 forbids downloading it; run once online, or "
