@@ -36,6 +36,13 @@ GPU_MEMORY_GB = {
     "B200": 180,
     "B200+": 180,
 }
+# GPU types Modal rents that this project cannot train on, and why: the same rule, in the same
+# words, as the bake's own check of modal_gpu (hooks/pre_gen_project.py, UNSUPPORTED_GPUS).
+UNSUPPORTED_GPUS = {
+    "T4": (
+        "T4 is sm_75, which has no bfloat16; the Triton kernels of mamba-ssm fail to compile for it"
+    ),
+}
 MAX_GPUS_PER_CONTAINER = {"A10": 4, "A10G": 4}  # 8 for every other type
 FALLBACK_CANDIDATES = ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200", "B200"]
 GPUS_PER_NODE = 8  # a cluster container takes every GPU of its host
@@ -142,6 +149,11 @@ def validate_request(
             raise ValueError(
                 f"--gpu {gpu!r}: Modal has no GPU type {gpu_type!r}. "
                 f"Use one of {', '.join(GPU_MEMORY_GB)}, optionally with a count, e.g. H100:2."
+            )
+        if known[gpu_type.upper()] in UNSUPPORTED_GPUS:
+            raise ValueError(
+                f"--gpu {gpu!r} is not supported: {UNSUPPORTED_GPUS[known[gpu_type.upper()]]}. "
+                f"Use one of {', '.join(FALLBACK_CANDIDATES)}, e.g. L4 or H100:2."
             )
         limit = MAX_GPUS_PER_CONTAINER.get(known[gpu_type.upper()], GPUS_PER_NODE)
         if count and not (count.isdigit() and 1 <= int(count) <= limit):
