@@ -6,6 +6,7 @@ folder does not exist afterwards. The cases run in-process (`cli.main`, fast); a
 a real process to check the exit code and stderr exactly as a shell sees them.
 """
 
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
+from conftest import CLASSIFIER, LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -128,11 +129,21 @@ ARGUMENTS = {
         "trainer.precision=16-mixed needs a CUDA GPU",
     ),
     "max_steps_not_a_number": (["--trainer.max_steps=many"], "Got value: many"),
+    "no_devices": (["--trainer.devices=0"], "trainer: `Trainer(devices='0')` value is not a valid"),
     "missing_config_file": (["--config=configs/nope.yaml"], "nope.yaml"),
     "checkpoint_missing": (["--ckpt_path=no/such.ckpt"], "--ckpt_path=no/such.ckpt: no such file"),
 }
+if importlib.util.find_spec("torch_xla") is None:
+    ARGUMENTS["tpu_without_torch_xla"] = (
+        ["--trainer.accelerator=tpu"],
+        "trainer: Requirement 'torch_xla",
+    )
 if not torch.cuda.is_available():
     ARGUMENTS["fused_without_cuda"] = (["--model.net.backbone.impl=fused"], "found no CUDA")
+    ARGUMENTS["gpu_without_cuda"] = (
+        ["--trainer.accelerator=gpu"],
+        "trainer.accelerator=gpu needs a CUDA GPU and this machine has none",
+    )
 
 
 def text(folder: Path, name: str, content: bytes) -> str:
@@ -354,6 +365,58 @@ def test_resuming_a_run_with_another_model_stops_and_leaves_the_run_as_it_was(
     assert "Traceback" not in err and "holds another model than this config builds" in err
     assert message in err
     assert {p: p.stat().st_mtime_ns for p in trained_run.rglob("*")} == before
+
+
+# --- validate, test and predict with the FIT run's last.ckpt: (arguments, piece of the message)
+EVALUATIONS = {
+    "validate_without_a_checkpoint": (
+        ["validate"],
+        "validate needs trained weights: without --ckpt_path it would validate a randomly",
+    ),
+    "predict_without_a_checkpoint": (["predict"], "predict needs trained weights"),
+    "validate_a_wider_model": (
+        ["validate", "--model.net.backbone.d_model=32", "{ckpt}"],
+        "holds another model than this config builds (net.backbone.embedding.weight is "
+        "(16, 16) there, (16, 32) here); validate it with the config it was trained with",
+    ),
+    "test_a_deeper_model": (
+        ["test", "--model.net.backbone.n_layer=2", "{ckpt}"],
+        "holds another model than this config builds (it has no net.backbone.layers.1.",
+    ),
+    "predict_with_a_classifier": (
+        ["predict", CLASSIFIER, *TINY_BACKBONE, f"{DATA}.SyntheticSeries", "--data.seq_len=96"]
+        + ["{ckpt}"],
+        "holds another model than this config builds",
+    ),
+    "test_text_without_a_test_split": (
+        ["test", *TEXT, "--data.path={text}", "{ckpt}"],
+        "TextFile: has no test split; fit and test with data.test_fraction=0.05",
+    ),
+    "test_arrays_without_a_test_split": (
+        ["test", CLASSIFIER, *TINY_BACKBONE, *ARRAYS, "--data.path={arrays}", "{ckpt}"],
+        "ArrayClassification: has no test split; give your held-out samples as data.test_path",
+    ),
+}
+
+
+@pytest.mark.parametrize("args, message", EVALUATIONS.values(), ids=EVALUATIONS.keys())
+def test_evaluating_the_wrong_weights_stops_with_one_line(
+    args, message, trained_run, tmp_path, capsys
+):
+    files = {
+        "ckpt": "--ckpt_path=" + str(trained_run / "run" / "checkpoints" / "last.ckpt"),
+        "text": text(tmp_path, "a.txt", b"some text to read " * 20),
+        "arrays": arrays(tmp_path, "a.npz", x=X, y=Y),
+    }
+    command, *rest = [arg.format(**files) for arg in args]
+    before = sorted(trained_run.rglob("*"))
+    with pytest.raises(SystemExit) as stopped:
+        main([command, *FIT[1:], *rest, f"--run.root={tmp_path / 'runs'}"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and message in errors[0], err
+    assert not (tmp_path / "runs").exists() and sorted(trained_run.rglob("*")) == before
 
 
 def test_bad_data_found_by_lightning_setup_leaves_no_event_file(tmp_path, capsys):

@@ -12,6 +12,7 @@ restart never silently begins from scratch.
 """
 
 import difflib
+import json
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ import torch
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
     LearningRateMonitor,
     ModelSummary,
     ProgressBar,
@@ -30,8 +32,10 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .commands import COMMANDS
+from .data import BaseDataModule
 from .devices import device_settings
 from .errors import input_error
 from .module import MambaModule
@@ -49,6 +53,7 @@ from .runs import (
     TimedCheckpoint,
     cannot_resume,
     derive_run_id,
+    other_model,
     protect_standard_streams,
     resume_checkpoint,
     unreadable,
@@ -58,8 +63,8 @@ DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model
 COMMAND_LIST = {  # `python -m <package> --help`: every command, one line each
     "fit": "train (again with the same run id: resume from its last.ckpt)",
     "validate": "a checkpoint's metrics on the validation split (writes nothing)",
-    "test": "the same with the test loop (these data modules test on the validation split)",
-    "predict": "a checkpoint's predictions on the validation split (writes nothing)",
+    "test": "a checkpoint's metrics on the data's test split (one apart from validation)",
+    "predict": "a checkpoint's predictions on the validation split, written to a file",
     "generate": "continue prompts with a trained or published language model",
     "export": "write a checkpoint in mamba-ssm's or HF transformers' format",
     "extrapolate": "a generated task's accuracy at other sequence lengths",
@@ -76,6 +81,7 @@ OVERVIEW = "\n".join(
         "`python -m {package} fit --config configs/default.yaml --print_config` the whole config.",
     ]
 )
+EVALUATING = ("validate", "test", "predict")  # the Lightning commands that read a checkpoint
 LOCKS: list[RunLock] = []  # the runs this process holds; main() releases them
 
 
@@ -120,6 +126,13 @@ class MambaCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.given_checkpoint = None
+        weights = self.config[subcommand].get("model.init_args.net.init_args.init_from")
+        if subcommand in EVALUATING and given is None and weights is None:
+            raise ValueError(
+                f"{subcommand} needs trained weights: without --ckpt_path it would "
+                f"{subcommand} a randomly initialised model. Give --ckpt_path=runs/<id>/"
+                "checkpoints/best.ckpt (or published weights with --model.net.init_from)"
+            )
         if given is None or given in ("last", "best", "hpc", "registry") or "://" in str(given):
             return
         given = Path(given)
@@ -141,7 +154,7 @@ class MambaCLI(LightningCLI):
         trainer = config.get("trainer") or {}
         run_id, run_dir, log_dir = self.run_paths()
         self.run_id, self.run_dir = run_id, run_dir
-        undo = UndoFailedStart(run_dir, log_dir)  # before anything below can write there
+        self.undo = undo = UndoFailedStart(run_dir, log_dir)  # before anything can write there
         ckpt_dir = run_dir / "checkpoints"
         self.resume_from = None
         if self.subcommand != "fit":
@@ -199,15 +212,59 @@ class MambaCLI(LightningCLI):
             callbacks.append(ParameterSummary())
             kwargs["enable_model_summary"] = False  # Lightning's own stays out, and says nothing
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        return self.new_trainer(kwargs)
+
+    def new_trainer(self, kwargs):
+        """LightningCLI's Trainer; a setting Lightning refuses (a device this machine lacks, a
+        strategy it cannot run, a package it needs: torch_xla for a TPU) is a bad input: one
+        line, not its traceback."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ModuleNotFoundError) as err:
+            raise ValueError(f"trainer: {' '.join(str(err).split())}") from None
 
     def instantiate_evaluation_trainer(self, trainer, kwargs):
-        """validate, test and predict read a checkpoint and print: no run folder, no files."""
+        """validate and test read a checkpoint and print; predict also writes its predictions
+        beside the checkpoint's run (PredictionWriter). No config.yaml, no logs."""
         self.save_config_callback = None  # config.yaml belongs to the fit that made the run
         kwargs.update(device_settings(trainer, self.model.net.backbone.config.mixer))
         if trainer.get("logger") is None:
             kwargs["logger"] = False
-        return super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict":
+            callbacks = trainer.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, PredictionWriter(self.predictions_path())]
+        return self.new_trainer(kwargs)
+
+    def predictions_path(self) -> Path:
+        """runs/<id>/predictions/<checkpoint name>.jsonl for runs/<id>/checkpoints/<name>.ckpt;
+        beside any other checkpoint; in this config's run folder for weights from init_from."""
+        given = self.given_checkpoint
+        if given is None:
+            return self.run_dir / "predictions" / "init_from.jsonl"
+        run = given.parent.parent if given.parent.name == "checkpoints" else given.parent
+        return run / "predictions" / f"{given.stem}.jsonl"
+
+    def check_checkpoint_fits(self) -> None:
+        """validate, test and predict: a --ckpt_path of another model (another shape, another
+        task) is refused in one line, by the same comparison that guards fit's resume."""
+        if self.given_checkpoint is None:
+            return
+        path = self.given_checkpoint
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if problem := other_model(saved["state_dict"], self.model.state_dict()):
+            raise ValueError(
+                f"--ckpt_path={path} holds another model than this config builds ({problem}); "
+                f"{self.subcommand} it with the config it was trained with (the config.yaml "
+                "fit wrote beside its TensorBoard logs)"
+            )
+
+    before_validate = before_predict = check_checkpoint_fits
+
+    def before_test(self):
+        if isinstance(self.datamodule, BaseDataModule):  # data without a test split: no test
+            self.datamodule.check_test_split()
+        self.check_checkpoint_fits()
 
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
@@ -227,8 +284,14 @@ class MambaCLI(LightningCLI):
             self.config_init.fit["ckpt_path"] = str(self.resume_from)
 
     def after_fit(self):
-        """One summary: where the run ended, its last validation, the best checkpoint, curves."""
+        """One summary: where the run ended, its last validation, the best checkpoint, curves.
+
+        A start that trained no step (max_steps=0, or a run already at its end) takes back the
+        files it added, as a failed start does: a run folder without a trained step, or a
+        summary naming a checkpoint that was never written, would only look like a run."""
         trainer = self.trainer
+        if not self.undo.trained and trainer.is_global_zero:
+            self.undo.undo()
         metrics = trainer.callback_metrics
         shown = ", ".join(
             f"{name} {float(metrics[name]):.4g}" for name in sorted(metrics) if "val/" in name
@@ -243,9 +306,11 @@ class MambaCLI(LightningCLI):
                 f"best checkpoint ({best.monitor} {float(best.best_model_score):.4g}): "
                 f"{best.best_model_path}"
             )
-        lines.append(f"last checkpoint: {self.run_dir / 'checkpoints' / LAST}")
-        if trainer.logger is not None:
-            lines.append(f"curves: tensorboard --logdir {trainer.logger.log_dir}")
+        if (last := self.run_dir / "checkpoints" / LAST).is_file():
+            lines.append(f"last checkpoint: {last}")
+        logs = trainer.logger.log_dir if trainer.logger is not None else None  # None: fast_dev_run
+        if logs is not None and Path(logs).is_dir():
+            lines.append(f"curves: tensorboard --logdir {logs}")
         rank_zero_info("\n".join(lines))
 
 
@@ -265,6 +330,41 @@ def check_monitors(trainer, model: MambaModule, data) -> None:
                 f"{owner}: monitor={monitor!r} is not a metric this run logs; {hint}"
                 f"it logs {', '.join(logged)} (data.val_lengths adds val/...@<length>)"
             )
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what predict_step returns, one JSON line per sample (with its index in the
+    predict split), to `path`, and says where. The file appears whole at the end (a stopped
+    predict leaves none); under DDP each rank writes its own share (`<name>.rank<r>.jsonl`)."""
+
+    def __init__(self, path: Path):
+        super().__init__(write_interval="batch")
+        self.path, self.partial, self.out, self.count = path, None, None, 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            self.path = self.path.with_suffix(f".rank{trainer.global_rank}.jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.out, self.count = self.partial.open("w"), 0
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        indices = batch_indices or range(self.count, self.count + len(prediction))
+        for index, row in zip(indices, prediction, strict=True):
+            self.out.write(json.dumps({"index": int(index), **row}) + "\n")
+        self.count += len(prediction)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.out.close()
+        os.replace(self.partial, self.path)
+        rank_zero_info(f"predict: wrote {self.count} predictions to {self.path}")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.partial.unlink(missing_ok=True)
 
 
 class UndoFailedStart(Callback):
@@ -293,6 +393,10 @@ class UndoFailedStart(Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if self.trained or not trainer.is_global_zero or input_error(exception) is None:
             return
+        self.undo()
+
+    def undo(self) -> None:
+        """Remove the files and folders this start added."""
         for path in sorted(self.listing() - self.before, key=lambda p: -len(p.parts)):
             if path.is_dir():
                 path.rmdir()  # deepest first, so it is empty by now
@@ -313,7 +417,14 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
     protect_standard_streams()  # a closed pipe (`| tee`) must not stop a run mid-save
     quiet_lightning()
     try:
-        if argv and argv[0] in COMMANDS:  # generate, export, ...: no Trainer involved
+        if not argv[0].startswith("-") and argv[0] not in COMMAND_LIST:
+            close = difflib.get_close_matches(argv[0], COMMAND_LIST, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(
+                f"{argv[0]!r} is not a command; {hint}the commands are "
+                f"{', '.join(COMMAND_LIST)} (python -m {__package__} --help says what each does)"
+            )
+        if argv[0] in COMMANDS:  # generate, export, ...: no Trainer involved
             COMMANDS[argv[0]](argv[1:])
             return None
         cli = MambaCLI(

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import importlib
 import json
+import shutil
 import sys
 import time
 from collections import deque
@@ -24,6 +25,7 @@ import torch
 
 from .checkpoint import Trained, load_trained
 from .data import IGNORE_INDEX, GeneratedDataModule
+from .data.text import TextTokenizer
 from .model import MambaLM
 
 
@@ -49,14 +51,20 @@ def export(argv: list[str]) -> None:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out={out} exists and is not an empty folder; give a new one")
-    model = load_trained(args.ckpt_path, "reference").net
+    trained = load_trained(args.ckpt_path, "reference")
+    model = trained.net
     if not isinstance(model, MambaLM):
         raise ValueError(
             f"--ckpt_path={args.ckpt_path} holds a {type(model).__name__}; export writes "
             "language models (MambaLM) only"
         )
+    # the tokenizer.json it was trained with goes along, so the folder generates on its own
+    tokenizer = TextTokenizer(trained.tokenizer).path if trained.tokenizer else None
     model.save_pretrained(out, format=args.format)
-    print(f"wrote {out} ({args.format} format)")
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out / "tokenizer.json")
+    shipped = " with its tokenizer.json" if tokenizer is not None else ""
+    print(f"wrote {out} ({args.format} format){shipped}")
 
 
 def language_model(
@@ -70,12 +78,12 @@ def language_model(
     """The MambaLM of a fit checkpoint or of published weights, and its tokenizer: `tokenizer`,
     else the one the checkpoint was trained with, else the tokenizer.json shipped beside the
     weights. Returns (model, data.text.TextTokenizer)."""
-    from .data.text import TextTokenizer
     from .hub import hub_file, looks_like_path
 
+    own = None  # the tokenizer the weights were trained with, where that is known
     if ckpt_path is not None:
         trained = load_trained(ckpt_path, impl)
-        model, tokenizer = trained.net, tokenizer or trained.tokenizer
+        model, own = trained.net, trained.tokenizer
         if not isinstance(model, MambaLM):
             raise ValueError(
                 f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; {command} needs a "
@@ -83,12 +91,14 @@ def language_model(
             )
     else:
         model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
-        if tokenizer is None:  # the checkpoint's own tokenizer.json, where it ships one
-            folder = Path(pretrained).expanduser()
-            found = folder / "tokenizer.json" if folder.is_dir() else None
-            if found is None and not looks_like_path(pretrained):
-                found = hub_file(pretrained, "tokenizer.json", revision, required=False)
-            tokenizer = str(found) if found is not None and found.is_file() else None
+        folder = Path(pretrained).expanduser()
+        found = folder / "tokenizer.json" if folder.is_dir() else None
+        if found is None and tokenizer is None and not looks_like_path(pretrained):
+            found = hub_file(pretrained, "tokenizer.json", revision, required=False)
+        own = str(found) if found is not None and found.is_file() else None
+    if tokenizer is not None and own is not None and tokenizer != own:
+        check_same_tokenizer(tokenizer, own)
+    tokenizer = tokenizer or own
     if tokenizer is None:
         raise ValueError(
             "--tokenizer is needed: the model was not trained on text with a known tokenizer; "
@@ -101,6 +111,21 @@ def language_model(
             f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
         )
     return model, text
+
+
+def check_same_tokenizer(given: str, own: str) -> None:
+    """--tokenizer must be the one the weights were trained with (the same tokenizer.json, or
+    bytes for bytes): another maps text to other ids, and the output would be noise. An own
+    tokenizer that can no longer be read (moved, offline) leaves the choice to --tokenizer."""
+    try:
+        expected = TextTokenizer(own).fingerprint
+    except FileNotFoundError:
+        return
+    if TextTokenizer(given).fingerprint != expected:
+        raise ValueError(
+            f"--tokenizer={given} is not the tokenizer this model was trained with ({own}); "
+            "leave --tokenizer out to use that one"
+        )
 
 
 def generate(argv: list[str]) -> None:

@@ -4,6 +4,7 @@ them to us, and the settings a CPU would not honour as written.
     auto precision   bf16-mixed on a GPU with bf16, else 32-true
     auto accelerator Lightning's choice, except Apple's MPS (no float64): the CPU, said in a line
     on a CPU         float16 is refused; more processes than cores is said
+    gpu without one  refused in one line, before anything is written
 """
 
 import os
@@ -15,7 +16,14 @@ from lightning.pytorch.utilities import rank_zero_info
 
 def device_settings(trainer, mixer: str) -> dict:
     """Trainer keyword arguments for the config's `trainer` section (a Namespace)."""
-    settings = {"accelerator": pick_accelerator(trainer.get("accelerator", "auto"), mixer)}
+    requested = trainer.get("accelerator", "auto")
+    if requested in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={requested} needs a CUDA GPU and this machine has none "
+            "(torch.cuda.is_available() is False); use --trainer.accelerator=auto or cpu, or "
+            "run on a GPU machine (modal run modal_app.py ...)"
+        )
+    settings = {"accelerator": pick_accelerator(requested, mixer)}
     if trainer.get("precision") is None:
         settings["precision"] = default_precision()
     check_cpu_settings(settings["accelerator"], trainer)

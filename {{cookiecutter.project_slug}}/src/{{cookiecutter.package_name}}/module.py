@@ -195,7 +195,7 @@ class MambaModule(L.LightningModule):
 
 class LanguageModelling(MambaModule):
     """Next-token prediction: loss and accuracy over the targets that are not IGNORE_INDEX,
-    perplexity in validation. `predict` continues each input by 32 greedy tokens."""
+    perplexity in validation. `predict` gives the likeliest next token at each scored position."""
 
     def __init__(self, net: MambaLM, **kwargs):
         """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
@@ -242,14 +242,23 @@ class LanguageModelling(MambaModule):
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch, batch_idx):
-        """Each input (B, L) continued by 32 greedy tokens: (B, L + 32)."""
-        return self.net.generate(batch[0], max_new_tokens=32)
+    def predict_step(self, batch, batch_idx) -> list[dict]:
+        """Each sample's next-token predictions (the likeliest token) at its scored positions,
+        with the targets there: one JSON-ready row per sample, for the predictions file."""
+        inputs, targets = batch
+        predicted = self.net(inputs).argmax(-1)  # (B, L)
+        rows = []
+        for guess, target in zip(predicted.tolist(), targets.tolist(), strict=True):
+            scored = [i for i, t in enumerate(target) if t != IGNORE_INDEX]
+            rows.append(
+                {"predicted": [guess[i] for i in scored], "target": [target[i] for i in scored]}
+            )
+        return rows
 
 
 class Classification(MambaModule):
     """One label per series: cross-entropy, with accuracy, macro F1 and AUROC.
-    `predict` returns the class probabilities (B, K)."""
+    `predict` gives each series' class and class probabilities."""
 
     def __init__(self, net: MambaClassifier, **kwargs):
         """kwargs: MambaModule's (lr, weight_decay, betas, ...)."""
@@ -304,8 +313,15 @@ class Classification(MambaModule):
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, self.test_metrics)
 
-    def predict_step(self, batch, batch_idx):
-        return self.net(batch[0]).float().softmax(-1)
+    def predict_step(self, batch, batch_idx) -> list[dict]:
+        """Each sample's class, its probabilities and its label: one JSON-ready row per sample,
+        for the predictions file."""
+        inputs, labels = batch
+        scores = self.net(inputs).float().softmax(-1)  # (B, K)
+        return [
+            {"class": max(range(len(p)), key=p.__getitem__), "probabilities": p, "label": label}
+            for p, label in zip(scores.tolist(), labels.tolist(), strict=True)
+        ]
 
 
 def loader_suffixes(data) -> tuple[str, ...]:

@@ -25,7 +25,9 @@ Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
 
 The synthetic tasks draw item i of a split from a generator seeded by (seed, split, i), so every
 epoch, worker, restart and DDP rank sees the same data, and train and val never share a seed.
-`test` evaluates the val split: none of these sources has a third, held-out split.
+`test` evaluates a split of its own: the synthetic tasks draw it from seeds (seed, 2, i); TextFile
+holds out `test_fraction` of the text, ArrayClassification reads `test_path`, HubText `test_split`.
+Without one, `test` stops with one line that says how to give one.
 """
 
 from .arrays import ArrayClassification

@@ -16,12 +16,15 @@ class ArrayClassification(BaseDataModule):
     `path` is either an .npz holding x under one of the keys x/X/inputs/data/features and the
     labels under one of y/Y/labels/targets, or an .npy of x with the labels in `labels_path`.
     Validation data comes from `val_path` (+ `val_labels_path`) in the same form, or else from
-    a seeded random `val_fraction` of the samples. With `standardize`, every channel is shifted
-    and scaled by the mean and std of the train split. Everything is checked and loaded here in
-    __init__, because `num_channels` and `num_classes` must be known before the model is built.
+    a seeded random `val_fraction` of the samples. Test data, for `test`, comes only from
+    `test_path` (+ `test_labels_path`): without it there is no test split. With `standardize`,
+    every channel is shifted and scaled by the mean and std of the train split. Everything is
+    checked and loaded here in __init__, because `num_channels` and `num_classes` must be known
+    before the model is built.
     """
 
     task = "sequence_classification"
+    no_test_split = "give your held-out samples as data.test_path (and data.test_labels_path)"
     X_KEYS = ("x", "X", "inputs", "data", "features")
     Y_KEYS = ("y", "Y", "labels", "targets")
 
@@ -32,6 +35,8 @@ class ArrayClassification(BaseDataModule):
         val_path: str | None = None,
         val_labels_path: str | None = None,
         val_fraction: float = 0.2,
+        test_path: str | None = None,
+        test_labels_path: str | None = None,
         num_classes: int | None = None,
         standardize: bool = True,
         batch_size: int = 64,
@@ -61,7 +66,15 @@ class ArrayClassification(BaseDataModule):
                 f"channels but {path} has C={x.shape[2]}; they must match",
             )
             self.arrays = {"train": (x, y), "val": (val_x, val_y)}
-        labels = torch.cat([self.arrays["train"][1], self.arrays["val"][1]])
+        if test_path is not None:
+            test_x, test_y = self.load(test_path, test_labels_path)
+            self.check(
+                test_x.shape[2] == x.shape[2],
+                f"{test_path} has C={test_x.shape[2]} "
+                f"channels but {path} has C={x.shape[2]}; they must match",
+            )
+            self.arrays["test"] = (test_x, test_y)
+        labels = torch.cat([split_y for _, split_y in self.arrays.values()])
         self.num_channels = x.shape[2]
         self.num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
         self.check(
@@ -140,6 +153,9 @@ class ArrayClassification(BaseDataModule):
             f"one named one of {options}; save with np.savez(path, x=x, y=y)",
         )
         return found[0]
+
+    def has_test_split(self) -> bool:
+        return "test" in self.arrays
 
     def dataset(self, split: str) -> Dataset:
         return TensorDataset(*self.arrays[split])

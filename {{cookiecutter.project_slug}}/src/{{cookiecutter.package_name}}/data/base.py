@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, DistributedSampler, default_collate
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 IGNORE_INDEX = -100  # targets with this value are not scored (torch's cross-entropy default)
-SPLITS = {"train": 0, "val": 1}  # the split's part of every synthetic sample's seed
+SPLITS = {"train": 0, "val": 1, "test": 2}  # the split's part of every synthetic sample's seed
 
 Sample = tuple[Tensor, Tensor]
 
@@ -115,8 +115,19 @@ class BaseDataModule(LightningDataModule):
     def val_dataloader(self) -> StatefulDataLoader:
         return self.loader("val")
 
+    def has_test_split(self) -> bool:
+        """Whether this data has a test split of its own, apart from train and val."""
+        return True
+
+    def check_test_split(self) -> None:
+        """`test` on data without a test split is refused: it would only repeat validation."""
+        self.check(self.has_test_split(), f"has no test split; {self.no_test_split}")
+
+    no_test_split = "give it one (see its docstring), or use validate"  # what to do, per class
+
     def test_dataloader(self) -> StatefulDataLoader:
-        return self.loader("val")
+        self.check_test_split()
+        return self.loader("test")
 
     def predict_dataloader(self) -> StatefulDataLoader:
         return self.loader("val")
@@ -124,6 +135,9 @@ class BaseDataModule(LightningDataModule):
 
 class GeneratedDataModule(BaseDataModule):
     """A task generated on the fly: nothing to prepare, each loader builds a SeededDataset.
+
+    Its test split is num_val_samples samples drawn from seeds of their own (seed, 2, i): the
+    same task, samples that neither training nor validation saw.
 
     Subclasses define the task as a static `sample(rng, **args)` and a `validate()`. Each time a
     loader is built, `validate` runs and the args are read from the attributes of the same names,
@@ -150,6 +164,7 @@ class GeneratedDataModule(BaseDataModule):
         self.num_samples = {"train": num_train_samples, "val": num_val_samples}
         for split, n in self.num_samples.items():
             self.check(n >= 1, f"num_{split}_samples={n} must be positive; use 1 or more")
+        self.num_samples["test"] = num_val_samples  # as many as val, from other seeds
         self.val_lengths = list(val_lengths or [])
         self.check(
             all(n >= 1 for n in self.val_lengths)

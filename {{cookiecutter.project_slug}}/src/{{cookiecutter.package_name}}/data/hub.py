@@ -47,8 +47,9 @@ class HubText(BaseDataModule):
     """Language modelling on one text column of a `datasets` dataset, as bytes or tokens.
 
     The val split is `val_split` of the same dataset (e.g. `validation`) when given, else the
-    last `val_fraction` of the tokens, as in TextFile. Samples are windows of seq_len + 1
-    tokens: inputs = window[:-1], targets = window[1:], both (seq_len,).
+    last `val_fraction` of the tokens, as in TextFile. The test split, for `test`, is
+    `test_split` (e.g. `test`) when given; without it there is none. Samples are windows of
+    seq_len + 1 tokens: inputs = window[:-1], targets = window[1:], both (seq_len,).
 
     Args:
         path: a hub dataset (`wikitext`, `HuggingFaceFW/fineweb-edu`) or a builder for local
@@ -60,6 +61,7 @@ class HubText(BaseDataModule):
     """
 
     task = "language_model"
+    no_test_split = "name the dataset's own with data.test_split (e.g. test)"
 
     def __init__(
         self,
@@ -74,6 +76,7 @@ class HubText(BaseDataModule):
         seq_len: int = 256,
         val_fraction: float = 0.05,
         val_split: str | None = None,
+        test_split: str | None = None,
         streaming: bool = False,
         max_tokens: int | None = None,
         num_proc: int | None = None,
@@ -97,6 +100,10 @@ class HubText(BaseDataModule):
             val_split != split, f"val_split={val_split!r} is the train split; name another one"
         )
         self.check(
+            test_split is None or test_split not in (split, val_split),
+            f"test_split={test_split!r} is the train or val split; name another one",
+        )
+        self.check(
             max_tokens is None or max_tokens >= 1,
             f"max_tokens={max_tokens} must be positive; use max_tokens >= 1 or null for all",
         )
@@ -112,6 +119,7 @@ class HubText(BaseDataModule):
         self.path, self.config_name, self.split, self.revision = path, name, split, revision
         self.data_files, self.text_field, self.separator = data_files, text_field, separator
         self.seq_len, self.val_fraction, self.val_split = seq_len, val_fraction, val_split
+        self.test_split = test_split
         self.streaming, self.max_tokens, self.num_proc = streaming, max_tokens, num_proc
         self.tokenizer = TextTokenizer(tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
@@ -180,7 +188,7 @@ class HubText(BaseDataModule):
         """Tokenize the split(s) into the cache, unless a cache of the same key is there."""
         import datasets
 
-        names = [self.split] + ([self.val_split] if self.val_split else [])
+        names = [self.split] + [name for name in (self.val_split, self.test_split) if name]
         splits = {name: self.load(name) for name in names}
         for name, ds in splits.items():
             columns = ds.column_names
@@ -242,13 +250,16 @@ class HubText(BaseDataModule):
         return written
 
     def setup(self, stage: str | None = None) -> None:
-        """Cut the train/val split. Calls prepare_data, a cheap no-op once the cache is written,
-        so the module also works without a Trainer."""
+        """Cut the train/val(/test) split. Calls prepare_data, a cheap no-op once the cache is
+        written, so the module also works without a Trainer."""
         self.prepare_data()
         sizes = json.loads(self.cache.with_suffix(".json").read_text())["tokens"]
-        n = sum(sizes.values())
+        n_test = sizes[self.test_split] if self.test_split else 0  # the cache's last tokens
+        n = sum(sizes.values()) - n_test
         n_val = sizes[self.val_split] if self.val_split else int(n * self.val_fraction)
         self.bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
+        if self.test_split:
+            self.bounds["test"] = (n, n + n_test)
         for split, (start, end) in self.bounds.items():
             self.check(
                 end - start > self.seq_len,
@@ -256,6 +267,9 @@ class HubText(BaseDataModule):
                 f"fewer than one window of seq_len + 1 = {self.seq_len + 1}; use more text, a "
                 "smaller seq_len or another val_fraction",
             )
+
+    def has_test_split(self) -> bool:
+        return self.test_split is not None
 
     def dataset(self, split: str) -> Dataset:
         if not self.bounds:

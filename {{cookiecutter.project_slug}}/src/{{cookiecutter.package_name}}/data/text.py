@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..pretrained import hub_file, looks_like_path
+from ..hub import hub_file, looks_like_path
 from .base import BaseDataModule, Sample
 
 BYTES = "bytes"
@@ -34,11 +34,11 @@ class TextTokenizer:
     def __init__(self, spec: str = BYTES):
         self.spec = spec
         if spec == BYTES:
-            self.hf, self.vocab_size, self.fingerprint = None, 256, BYTES
+            self.hf, self.vocab_size, self.fingerprint, self.path = None, 256, BYTES, None
             return
         from tokenizers import Tokenizer
 
-        path = _tokenizer_json(spec)
+        self.path = path = _tokenizer_json(spec)  # the tokenizer.json, local or in the HF cache
         self.hf = Tokenizer.from_file(str(path))
         # the largest id + 1, not get_vocab_size(): added tokens may leave gaps
         self.vocab_size = max(self.hf.get_vocab(with_added_tokens=True).values()) + 1
@@ -89,20 +89,25 @@ class TextFile(BaseDataModule):
     `<parent>/.cache/<name>.bytes.u8` for bytes or `<name>.<tokenizer hash>.u16` (`.u32` for
     vocabularies above 65536) for a tokenizer, or into `cache_dir`; the cache is memory-mapped
     afterwards and rebuilt only when a source's size or modification time changes. The last
-    `val_fraction` of the tokens is the val split. Samples are consecutive windows of
+    `test_fraction` of the tokens is the test split (none by default: `test` is refused), the
+    `val_fraction` before it the val split. Samples are consecutive windows of
     seq_len + 1 tokens: inputs = window[:-1], targets = window[1:], both (seq_len,).
 
     Args:
         tokenizer: bytes (vocab_size 256), a tokenizer.json path or a hub id (see TextTokenizer).
+        test_fraction: the share of the tokens held out for `test` (fit with the same value:
+            the split is cut from the end of the text, before training begins).
     """
 
     task = "language_model"
+    no_test_split = "fit and test with data.test_fraction=0.05 (the last 5% of the text)"
 
     def __init__(
         self,
         path: str,
         seq_len: int = 256,
         val_fraction: float = 0.05,
+        test_fraction: float = 0.0,
         suffixes: tuple[str, ...] = (".txt", ".md"),
         cache_dir: str | None = None,
         tokenizer: str = BYTES,
@@ -112,6 +117,7 @@ class TextFile(BaseDataModule):
     ):
         super().__init__(batch_size, num_workers, seed)
         self.path, self.seq_len, self.val_fraction = Path(path).expanduser(), seq_len, val_fraction
+        self.test_fraction = test_fraction
         self.suffixes = tuple(suffixes)
         self.check(
             self.path.exists(),
@@ -121,6 +127,11 @@ class TextFile(BaseDataModule):
         self.check(seq_len >= 1, f"seq_len={seq_len} must be positive; use seq_len >= 1")
         self.check(
             0 < val_fraction < 1, f"val_fraction={val_fraction} is outside (0, 1); use e.g. 0.05"
+        )
+        self.check(
+            0 <= test_fraction < 1 - val_fraction,
+            f"test_fraction={test_fraction} is outside [0, 1 - val_fraction); use e.g. 0.05, or "
+            "0 for no test split",
         )
         self.tokenizer = TextTokenizer(tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
@@ -206,17 +217,23 @@ class TextFile(BaseDataModule):
 
     def split(self, n: int) -> dict[str, tuple[int, int]]:
         """The [start, end) token range of each split of n tokens; each must hold a window."""
-        n_val = int(n * self.val_fraction)
-        bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
+        n_val, n_test = int(n * self.val_fraction), int(n * self.test_fraction)
+        held = n_val + n_test
+        bounds = {"train": (0, n - held), "val": (n - held, n - n_test)}
+        if self.test_fraction:
+            bounds["test"] = (n - n_test, n)
         for split, (start, end) in bounds.items():
             self.check(
                 end - start > self.seq_len,
                 f"the {split} split has {end - start} {self.unit} "
-                f"({self.path} has {n}, val_fraction={self.val_fraction}), fewer than one "
-                f"window of seq_len + 1 = {self.seq_len + 1}; use more text, a smaller "
-                "seq_len or another val_fraction",
+                f"({self.path} has {n}, val_fraction={self.val_fraction}, test_fraction="
+                f"{self.test_fraction}), fewer than one window of seq_len + 1 = "
+                f"{self.seq_len + 1}; use more text, a smaller seq_len or other fractions",
             )
         return bounds
+
+    def has_test_split(self) -> bool:
+        return self.test_fraction > 0
 
     def dataset(self, split: str) -> Dataset:
         if not self.bounds:

@@ -1,0 +1,158 @@
+"""The commands off the happy path: predict writes its predictions, test reads a split that
+validation never sees, generate and export keep a run's tokenizer, a fit of no steps leaves no
+run behind, and a mistyped command lists every command."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS, PACKAGE, TINY, TINY_CLASSIFIER, TINY_COPYING, bpe_tokenizer
+
+from {{ cookiecutter.package_name }}.cli import COMMAND_LIST, main
+from {{ cookiecutter.package_name }}.data import (
+    InductionHeads,
+    SelectiveCopying,
+    SyntheticSeries,
+    TextFile,
+)
+
+CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+TINY_SERIES = [
+    f"--data={PACKAGE}.data.SyntheticSeries",
+    "--data.num_classes=2",
+    "--data.seq_len=48",
+    "--data.batch_size=4",
+    "--data.num_train_samples=16",
+    "--data.num_val_samples=6",
+]
+RUNS = {  # run id -> the arguments of its model and data
+    "copying": [*TINY, *TINY_COPYING, *CPU],
+    "series": [*TINY_CLASSIFIER, *TINY_SERIES, *CPU],
+    "bpe": [*TINY, f"--data={PACKAGE}.data.TextFile", "--data.seq_len=16", *CPU]
+    + ["--data.path={root}/corpus.txt", "--data.tokenizer={root}/tokenizer.json"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A language model, a classifier and a language model of a 300-token BPE tokenizer,
+    each after two steps of fit."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "corpus.txt").write_text(CORPUS)
+    bpe_tokenizer(root / "tokenizer.json")
+    for run_id, args in RUNS.items():
+        args = [arg.format(root=root) for arg in args]
+        main(["fit", *args, "--trainer.max_steps=2", f"--run.root={root}", f"--run.id={run_id}"])
+    return root
+
+
+def predict(runs: Path, run_id: str) -> list[dict]:
+    ckpt = runs / run_id / "checkpoints" / "last.ckpt"
+    main(["predict", *RUNS[run_id], f"--ckpt_path={ckpt}", f"--run.root={runs}"])
+    path = runs / run_id / "predictions" / "last.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_writes_each_samples_next_token_predictions_beside_the_run(runs, caplog):
+    rows = predict(runs, "copying")
+    assert [row["index"] for row in rows] == list(range(8))  # num_val_samples, in order
+    for row in rows:  # the 4 copied tokens: what the model says, and what was there
+        assert len(row["predicted"]) == len(row["target"]) == 4
+        assert all(0 <= token < 10 for token in row["predicted"] + row["target"])
+    assert f"wrote 8 predictions to {runs / 'copying' / 'predictions' / 'last.jsonl'}" in (
+        caplog.text
+    )
+
+
+def test_predict_writes_each_series_class_and_probabilities(runs):
+    rows = predict(runs, "series")
+    assert len(rows) == 6
+    for row in rows:
+        assert set(row) == {"index", "class", "probabilities", "label"}
+        assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-5)
+        assert row["class"] == max(range(2), key=row["probabilities"].__getitem__)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        SelectiveCopying(seq_len=24, num_tokens=4),
+        InductionHeads(seq_len=16),
+        SyntheticSeries(seq_len=48, num_classes=2),
+    ],
+    ids=["copying", "induction", "series"],
+)
+def test_generated_tasks_test_on_samples_that_validation_never_sees(data):
+    val, test = data.dataset("val"), data.dataset("test")
+    assert len(test) == len(val)
+    seen = {tuple(val[i][0].flatten().tolist()) for i in range(len(val))}
+    assert not any(tuple(test[i][0].flatten().tolist()) in seen for i in range(len(test)))
+
+
+def test_text_holds_out_its_last_test_fraction_for_test(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(bytes(range(32, 127)) * 20)  # 1900 bytes
+    data = TextFile(str(path), seq_len=8, val_fraction=0.1, test_fraction=0.1)
+    data.setup()
+    assert data.bounds == {"train": (0, 1520), "val": (1520, 1710), "test": (1710, 1900)}
+    assert data.has_test_split() and not TextFile(str(path), seq_len=8).has_test_split()
+
+
+def test_test_reports_the_test_split_not_validation_again(runs):
+    ckpt = runs / "copying" / "checkpoints" / "last.ckpt"
+    args = [*RUNS["copying"], f"--ckpt_path={ckpt}", f"--run.root={runs}"]
+    val = main(["validate", *args]).trainer.callback_metrics
+    test = main(["test", *args]).trainer.callback_metrics
+    assert float(test["test/loss"]) != float(val["val/loss"])
+
+
+def test_a_mistyped_command_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["fitt"])
+    assert stopped.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: 'fitt' is not a command; did you mean fit?")
+    assert all(command in line for command in COMMAND_LIST) and len(COMMAND_LIST) == 8
+
+
+def generate(*args: str) -> int:
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", *args, "--prompt=the cat", "--max_new_tokens=3"])
+        raise SystemExit(0)
+    return stopped.value.code
+
+
+def test_generate_refuses_a_tokenizer_other_than_the_models_own(runs, capsys):
+    ckpt = runs / "bpe" / "checkpoints" / "last.ckpt"
+    assert generate(f"--ckpt_path={ckpt}", "--tokenizer=bytes") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"error: --tokenizer=bytes is not the tokenizer this model was trained with "
+        f"({runs / 'tokenizer.json'}); leave --tokenizer out to use that one"
+    )
+    assert generate(f"--ckpt_path={ckpt}", f"--tokenizer={runs / 'tokenizer.json'}") == 0
+
+
+@pytest.mark.parametrize("format", ["hf", "mamba_ssm"])
+def test_export_ships_the_runs_tokenizer_and_the_folder_generates_with_it(
+    format, runs, tmp_path, capsys
+):
+    out = tmp_path / "exported"
+    ckpt = runs / "bpe" / "checkpoints" / "last.ckpt"
+    main(["export", f"--ckpt_path={ckpt}", f"--format={format}", f"--out={out}"])
+    assert (out / "tokenizer.json").read_bytes() == (runs / "tokenizer.json").read_bytes()
+    assert "with its tokenizer.json" in capsys.readouterr().out
+    assert generate(f"--pretrained={out}") == 0
+    from_folder = capsys.readouterr().out
+    assert generate(f"--ckpt_path={ckpt}") == 0
+    assert capsys.readouterr().out == from_folder  # the same ids, decoded the same way
+    assert generate(f"--pretrained={out}", "--tokenizer=bytes") == 2
+
+
+@pytest.mark.parametrize("limit", ["--trainer.max_steps=0", "--trainer.max_epochs=0"])
+def test_a_fit_that_trains_no_step_leaves_no_run_and_names_no_checkpoint(limit, tmp_path, caplog):
+    root = tmp_path / "runs"
+    main(["fit", *RUNS["copying"], limit, f"--run.root={root}", "--run.id=none"])
+    assert not root.exists(), sorted(root.rglob("*"))
+    assert "run none: finished at step 0" in caplog.text
+    assert "last checkpoint" not in caplog.text and "curves" not in caplog.text
