@@ -122,6 +122,7 @@ def listing(root: Path) -> dict:
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])
 def test_commands_that_read_a_checkpoint_write_nothing(command, trained, tmp_path, monkeypatch):
+    """...but predict's predictions, beside the run whose checkpoint it read."""
     monkeypatch.chdir(tmp_path)
     before = listing(trained)
     ckpt = trained / "done" / "checkpoints" / "best.ckpt"
@@ -129,7 +130,12 @@ def test_commands_that_read_a_checkpoint_write_nothing(command, trained, tmp_pat
         warnings.simplefilter("always")
         cli = main([command, *TINY, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
     assert cli.trainer.state.finished
-    assert listing(trained) == before and not any(tmp_path.iterdir())
+    added = {p for p in listing(trained) if p not in before}
+    predictions = trained / "done" / "predictions"
+    expected = {predictions, predictions / "best.jsonl"} if command == "predict" else set()
+    assert added == expected and not any(tmp_path.iterdir())
+    now = listing(trained)  # the run folder's own time changes when predictions/ appears in it
+    assert all(now[p] == t for p, t in before.items() if p != predictions.parent)
     assert not [w for w in said if "callbacks used to create the checkpoint" in str(w.message)]
 
 
