@@ -59,7 +59,7 @@ def _probe(name: str) -> str | None:
                 chunk_size=64,
             )
         elif name == "mamba3_siso":
-            problem = mamba3_kernel_problem(mimo=False)
+            problem = mamba3_kernel_problem()
             if problem is not None:
                 return problem
             from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined

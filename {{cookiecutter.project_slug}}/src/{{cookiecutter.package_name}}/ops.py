@@ -336,9 +336,10 @@ def _say_once(message: str) -> None:
     log.warning(message)
 
 
-def mamba3_kernel_problem(mimo: bool, device: torch.device | None = None) -> str | None:
-    """None when mamba-ssm's Mamba-3 kernel (SISO: Triton; MIMO: TileLang) runs on `device`
-    (the current CUDA device if None), else why not."""
+@cache
+def mamba3_kernel_problem(device: torch.device | None = None) -> str | None:
+    """None when mamba-ssm's Mamba-3 SISO kernel (Triton) runs on `device` (the current CUDA
+    device if None), else why not. Asked once per device: every layer's forward asks."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     major, minor = torch.cuda.get_device_capability(device)
@@ -348,12 +349,9 @@ def mamba3_kernel_problem(mimo: bool, device: torch.device | None = None) -> str
             "kernels use Hopper's TMA (sm_90 or newer: H100, H200, B200)"
         )
     try:
-        if mimo:
-            from mamba_ssm.ops.tilelang.mamba3.mamba3_mimo import mamba3_mimo  # noqa: F401
-        else:
-            from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import (  # noqa: F401
-                mamba3_siso_combined,
-            )
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import (  # noqa: F401
+            mamba3_siso_combined,
+        )
     except ImportError as err:
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return None
@@ -366,7 +364,7 @@ def mamba3_siso(
     """Mamba-3 (SISO) with mamba-ssm's `mamba3_siso_combined` arguments and results; the
     recurrence is written in scan.py. On a GPU its Triton kernel (Hopper only)."""
     if _fused(kernels, V):
-        problem = mamba3_kernel_problem(mimo=False, device=V.device)
+        problem = mamba3_kernel_problem(V.device)
         if problem is None:
             from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
