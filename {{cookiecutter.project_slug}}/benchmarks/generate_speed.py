@@ -43,12 +43,22 @@ MIXER_STATE = {
     "Mamba2": {"d_state": 128, "headdim": 64},
     "Mamba3": {"d_state": 128, "headdim": 64},
 }
+# "Hybrid": the Mamba2 model with attention at layers 6, 12 and 18 (grouped keys and values,
+# RoPE on half of each head); mamba-ssm cannot decode it without flash-attn, so its rows are ours
+# beside the pure Mamba2 model's, at prompts of 64 and 1024 tokens.
+HYBRID = {
+    "attn_layer_idx": [6, 12, 18],
+    "attn_cfg": {"num_heads": 12, "num_heads_kv": 4, "d_conv": 4, "rotary_emb_dim": 32,
+                 "qkv_proj_bias": False, "out_proj_bias": False},
+}  # fmt: skip
 DTYPES = ("fp32", "bf16", "autocast")
 BATCHES = (1, 16)
 
 
 def build(mixer: str, impl: str = "fused", device="cuda", **shape) -> MambaLM:
     shape = {**SHAPE, **shape}
+    extra = HYBRID if mixer == "Hybrid" else {}
+    mixer = "Mamba2" if mixer == "Hybrid" else mixer
     config = BackboneConfig(
         impl=impl,
         mixer=mixer,
@@ -56,6 +66,7 @@ def build(mixer: str, impl: str = "fused", device="cuda", **shape) -> MambaLM:
         n_layer=shape["n_layer"],
         chunk_size=None if mixer == "Mamba3" else 256,
         **MIXER_STATE[mixer],
+        **extra,
     )
     torch.manual_seed(0)
     return MambaLM(config, shape["vocab"]).to(device).eval()
@@ -212,31 +223,33 @@ def compare_mixer(mixer: str, repeats: int, with_profile: bool) -> tuple[list[di
 
 
 @torch.no_grad()
-def own_rows(mixer: str, repeats: int) -> list[dict]:
-    """A mixer mamba-ssm cannot decode (Mamba3: its step crashes): our tokens/s, and whether
-    the greedy tokens are the argmax of our own full forward over the decoded sequence."""
+def own_rows(mixer: str, repeats: int, prompts=(SHAPE["prompt"],)) -> list[dict]:
+    """A model mamba-ssm cannot decode (Mamba3: its step crashes; a hybrid: its MHA needs
+    flash-attn): our tokens/s, and whether the greedy tokens are the argmax of our own full
+    forward over the decoded sequence."""
     rows = []
-    for dtype in ("fp32", "bf16"):
+    for dtype, prompt in ((d, p) for d in ("fp32", "bf16") for p in prompts):
         model = build(mixer)
         if dtype == "bf16":
             model = model.to(torch.bfloat16)
         for batch in BATCHES:
             g = torch.Generator().manual_seed(batch)
-            ids = torch.randint(0, SHAPE["vocab"], (batch, SHAPE["prompt"]), generator=g).cuda()
+            ids = torch.randint(0, SHAPE["vocab"], (batch, prompt), generator=g).cuda()
             call = partial(model.generate, ids, SHAPE["new_tokens"])
             out = call()  # captures the graph
             seconds = statistics.median(timed(call, repeats))
             # teacher-forced: the full forward's argmax at each decoded position
-            want = model(out[:, :-1]).argmax(-1)[:, SHAPE["prompt"] - 1 :]
-            same = (want == out[:, SHAPE["prompt"] :]).float().mean().item()
+            want = model(out[:, :-1]).argmax(-1)[:, prompt - 1 :]
+            same = (want == out[:, prompt:]).float().mean().item()
             rows.append({
                 "mixer": mixer,
                 "dtype": dtype,
                 "batch": batch,
+                "prompt": prompt,
                 "ours_tokens_per_s": round(batch * SHAPE["new_tokens"] / seconds),
                 "greedy_equals_full_forward": same,
             })  # fmt: skip
-            print(f"{mixer} {dtype} B={batch}: {rows[-1]}", flush=True)
+            print(f"{mixer} {dtype} prompt {prompt} B={batch}: {rows[-1]}", flush=True)
         del model
         torch.cuda.empty_cache()
     return rows
@@ -303,7 +316,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mixers", default="Mamba1,Mamba2,Mamba3")
+    parser.add_argument("--mixers", default="Mamba1,Mamba2,Mamba3,Hybrid")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="kernels per token, each row")
     parser.add_argument("--skip-cpu", action="store_true", help="no reference-twin CPU rows")
@@ -325,9 +338,12 @@ def main() -> None:
         "notes": {},
     }
     for mixer in args.mixers.split(","):
-        if mixer == "Mamba3":
-            report["own_rows"] = own_rows(mixer, args.repeats)
-            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        if mixer in ("Mamba3", "Hybrid"):
+            prompts = (SHAPE["prompt"], 1024) if mixer == "Hybrid" else (SHAPE["prompt"],)
+            beside = ("Mamba2", mixer) if mixer == "Hybrid" else (mixer,)
+            for name in beside:
+                report.setdefault("own_rows", []).extend(own_rows(name, args.repeats, prompts))
+                Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
             continue
         rows, report["notes"][mixer] = compare_mixer(mixer, args.repeats, args.profile)
         report["rows"] += rows

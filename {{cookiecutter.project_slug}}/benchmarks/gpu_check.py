@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per throughput run")
     parser.add_argument("--out", default=str(RESULTS / "gpu_check.json"))
     parser.add_argument("--copying-seconds", type=float, default=300)
-    parser.add_argument("--mixers", default="Mamba1,Mamba2,Mamba3", help="for throughput and cli")
+    parser.add_argument(
+        "--mixers", default="Mamba1,Mamba2,Mamba3,Hybrid", help="for throughput and cli"
+    )
     parser.add_argument("--quick", action="store_true", help="throughput: only the ratio rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():

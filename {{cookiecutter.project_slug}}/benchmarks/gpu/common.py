@@ -38,15 +38,24 @@ MIXER_STATE = {
     "Mamba2": {"d_state": 128, "headdim": 64},
     "Mamba3": {"d_state": 128, "headdim": 64},
 }
+# "Hybrid": Mamba2 layers with attention at layers 6, 12 and 18, as mamba-ssm's mamba2attn
+# lays it out. No rotary embedding: mamba-ssm's MHA takes RoPE from flash-attn, which the
+# pinned image does not install, so its hybrid could not run with it.
+HYBRID = {"attn_layer_idx": [6, 12, 18], "attn_cfg": {"num_heads": 12, "num_heads_kv": 12,
+          "head_dim": 64, "d_conv": 4, "rotary_emb_dim": 0, "causal": True,
+          "qkv_proj_bias": False, "out_proj_bias": False}}  # fmt: skip
 
 
 def lm_config(mixer: str, impl: str) -> BackboneConfig:
+    extra = HYBRID if mixer == "Hybrid" else {}
+    mixer = "Mamba2" if mixer == "Hybrid" else mixer
     return BackboneConfig(
         impl=impl,
         mixer=mixer,
         d_model=SIZE["d_model"],
         n_layer=SIZE["n_layer"],
         **MIXER_STATE[mixer],  # chunk_size: the mixer's default, as mamba-ssm's (256, 64)
+        **extra,
     )
 
 
@@ -259,11 +268,14 @@ def mamba_ssm_lm(mixer, vocab=SIZE["vocab"]):
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
+    extra = HYBRID if mixer == "Hybrid" else {}
+    mixer = "Mamba2" if mixer == "Hybrid" else mixer
     config = MambaConfig(
         d_model=SIZE["d_model"],
         n_layer=SIZE["n_layer"],
         vocab_size=vocab,
         ssm_cfg={"layer": mixer, **MIXER_STATE[mixer]},
+        **extra,
         rms_norm=True,
         residual_in_fp32=True,
         fused_add_norm=True,

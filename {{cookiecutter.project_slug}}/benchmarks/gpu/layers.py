@@ -7,7 +7,9 @@ mamba-ssm's class, at lengths off the chunk grid (100 and 300; chunk 64):
   fused_vs_composed   Mamba1/Mamba2: the whole-layer kernel against the kernels one by one
   reference_vs_fused  ours in plain PyTorch against ours with the kernels, float32, TF32 off
 Mamba-3's kernel computes in bfloat16 inside (mamba3_siso_combined casts Q, K, V to it), so its
-rows are at bfloat16's precision.
+rows are at bfloat16's precision. MHA (a hybrid's attention: grouped keys and values, the
+convolution over q, k, v and the MLP inside) against mamba-ssm's MHA, without rotary embedding
+(mamba-ssm's needs flash-attn, which the image does not install).
 """
 
 import torch
@@ -20,10 +22,16 @@ SHAPES = {
     "Mamba1": {"d_model": 256, "d_state": 16},
     "Mamba2": {"d_model": 256, "d_state": 64, "headdim": 64, "chunk_size": 64},
     "Mamba3": {"d_model": 256, "d_state": 64, "headdim": 64, "chunk_size": 64},
-}
+    "MHA": {"embed_dim": 256, "num_heads": 8, "num_heads_kv": 2, "d_conv": 4, "mlp_dim": 384,
+            "causal": True},
+}  # fmt: skip
 
 
 def _theirs(mixer: str):
+    if mixer == "MHA":
+        from mamba_ssm.modules.mha import MHA
+
+        return MHA
     if mixer == "Mamba1":
         from mamba_ssm.modules.mamba_simple import Mamba
 
@@ -64,13 +72,13 @@ def section_layers(lengths=(100, 300)) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     for mixer, shape in SHAPES.items():
-        if mixer not in mixers.MIXERS:
-            continue
+        cls = mixers.MIXERS.get(mixer) or getattr(mixers, mixer)
         for length in lengths:
             torch.manual_seed(0)
-            ours = mixers.MIXERS[mixer](**shape, layer_idx=0).cuda()
-            u = torch.randn(2, length, shape["d_model"], device="cuda")
-            weight = torch.randn(2, length, shape["d_model"], device="cuda")
+            ours = cls(**shape, layer_idx=0).cuda()
+            width = shape.get("d_model", shape.get("embed_dim"))
+            u = torch.randn(2, length, width, device="cuda")
+            weight = torch.randn(2, length, width, device="cuda")
             fused = _run(ours, u, weight)
             row = {}
             try:
@@ -79,12 +87,12 @@ def section_layers(lengths=(100, 300)) -> dict:
                 row["ours_vs_mamba_ssm"] = _compare(fused, _run(theirs, u, weight))
             except Exception as err:  # report and go on with the other rows
                 row["ours_vs_mamba_ssm"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-            if mixer != "Mamba3":
-                composed = mixers.MIXERS[mixer](**shape, layer_idx=0).cuda()
+            if mixer in ("Mamba1", "Mamba2"):
+                composed = cls(**shape, layer_idx=0).cuda()
                 composed.load_state_dict(ours.state_dict())
                 composed.use_fast_path = composed.use_mem_eff_path = False
                 row["fused_vs_composed"] = _compare(fused, _run(composed, u, weight))
-            reference = mixers.MIXERS[mixer](**shape, layer_idx=0, kernels=False).cuda()
+            reference = cls(**shape, layer_idx=0, kernels=False).cuda()
             reference.load_state_dict(ours.state_dict())
             row["reference_vs_fused"] = _compare(_run(reference, u, weight), fused)
             results[f"{mixer} L={length}"] = row

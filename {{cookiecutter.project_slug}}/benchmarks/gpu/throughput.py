@@ -4,6 +4,8 @@
 (a) our Lightning fit (CUDA graphs as `model.cuda_graphs=auto` decides, and eager),
 (b) a raw loop over mamba-ssm's MambaLMHeadModel with cross-entropy on float32 logits,
 (c) HF transformers' MambaForCausalLM (Mamba1), (d) our reference twin; peak memory of each.
+Mamba3's (b) is mamba-ssm's Mamba3 in its Blocks; Hybrid's (b) is mamba-ssm's own hybrid
+MambaLMHeadModel (Mamba2 with MHA at layers 6, 12, 18; common.HYBRID).
 """
 
 from .common import SIZE, guarded, hf_mamba_lm, lightning_fit, mamba_ssm_lm, raw_loop, table
