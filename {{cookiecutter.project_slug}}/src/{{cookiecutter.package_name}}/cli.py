@@ -39,6 +39,7 @@ from .data import BaseDataModule
 from .devices import device_settings
 from .errors import input_error
 from .module import MambaModule
+from .pretrained import read_checkpoint
 from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
 from .runs import (
     LAST,
@@ -82,6 +83,7 @@ OVERVIEW = "\n".join(
     ]
 )
 EVALUATING = ("validate", "test", "predict")  # the Lightning commands that read a checkpoint
+NET = "model.init_args.net.init_args"  # the network's arguments in a parsed config
 LOCKS: list[RunLock] = []  # the runs this process holds; main() releases them
 
 
@@ -108,9 +110,7 @@ class MambaCLI(LightningCLI):
         # the network's sizes come from the data: a language model's vocabulary, a
         # classifier's channels and classes (each link applies where the network has it)
         for name in ("vocab_size", "num_channels", "num_classes"):
-            parser.link_arguments(
-                f"data.{name}", f"model.init_args.net.init_args.{name}", apply_on="instantiate"
-            )
+            parser.link_arguments(f"data.{name}", f"{NET}.{name}", apply_on="instantiate")
 
     def run_paths(self) -> tuple[str, Path, Path]:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -126,13 +126,15 @@ class MambaCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.given_checkpoint = None
-        weights = self.config[subcommand].get("model.init_args.net.init_args.init_from")
+        weights = self.config[subcommand].get(f"{NET}.init_from")
         if subcommand in EVALUATING and given is None and weights is None:
             raise ValueError(
                 f"{subcommand} needs trained weights: without --ckpt_path it would "
                 f"{subcommand} a randomly initialised model. Give --ckpt_path=runs/<id>/"
                 "checkpoints/best.ckpt (or published weights with --model.net.init_from)"
             )
+        if weights is not None:
+            self.check_given_shape(parser, args, subcommand, weights)
         if given is None or given in ("last", "best", "hpc", "registry") or "://" in str(given):
             return
         given = Path(given)
@@ -147,6 +149,32 @@ class MambaCLI(LightningCLI):
                 "last.ckpt or best.ckpt, or leave --ckpt_path out to resume this run's own."
             )
         self.given_checkpoint = given
+
+    def check_given_shape(self, parser, args, subcommand: str, weights: str) -> None:
+        """init_from's checkpoint fixes the network: each backbone field the config files or the
+        command line give, a default's value included, must agree with it."""
+        given = parser.parse_args(args, defaults=False)[subcommand].get(NET)
+        backbone = given.get("backbone") if given is not None else None
+        revision = self.config[subcommand].get(f"{NET}.init_revision")
+        read_checkpoint(weights, revision).refuse_contradictions(
+            backbone.as_dict() if backbone is not None else {},
+            given.get("tie_embeddings") if given is not None else None,
+        )
+
+    def record_the_network(self) -> None:
+        """The run's config.yaml describes the network it trains: with init_from, the shape the
+        checkpoint gave, whatever the config left out."""
+        config = self.config[self.subcommand]
+        if config.get(f"{NET}.init_from") is None:
+            return
+        net = self.model.net
+        for name, value in net.config["backbone"].items():
+            if isinstance(value, dict):  # attn_cfg
+                for key, entry in value.items():
+                    config[f"{NET}.backbone.{name}.{key}"] = entry
+            else:
+                config[f"{NET}.backbone.{name}"] = value
+        config[f"{NET}.tie_embeddings"] = net.tie_embeddings
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer of the config, rooted in the run's folder, with the run's callbacks."""
@@ -268,6 +296,7 @@ class MambaCLI(LightningCLI):
 
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
+        self.record_the_network()
         check_monitors(self.trainer, self.model, self.datamodule)
         resumed = self.resume_from or self.given_checkpoint
         world_size = self.trainer.world_size

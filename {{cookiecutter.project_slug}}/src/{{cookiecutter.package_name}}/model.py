@@ -36,7 +36,8 @@ class MambaLM(nn.Module):
         tie_embeddings: the output head is the embedding (True) or its own `lm_head` (False).
         init_from: start from pretrained weights: a checkpoint folder (mamba-ssm's or HF's
             format) or a hub id such as state-spaces/mamba-130m. Its config fixes the shape:
-            fields left at their defaults take its values, others must agree with it.
+            fields left at their defaults take its values, others must agree with it (the
+            command line also refuses a given value equal to a default that disagrees).
         init_revision: a hub branch, tag or commit of init_from.
     """
 

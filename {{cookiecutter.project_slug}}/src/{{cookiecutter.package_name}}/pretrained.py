@@ -24,17 +24,18 @@ A name is a local folder when one exists under that name, else a hub id: hugging
 the files into its cache (under HF_HOME; on Modal a Volume, so containers fetch them once),
 honours a `revision` pin, and with HF_HUB_OFFLINE=1 reads only what is cached.
 
-The checkpoint's config fixes the backbone's shape. A field the YAML leaves at BackboneConfig's
-default takes the checkpoint's value; a field set to anything else must agree with it, because a
-disagreeing value is a mistake either in the YAML or in the choice of checkpoint, not a request
-to reshape the weights.
+The checkpoint's config fixes the backbone's shape. A field the config leaves out takes the
+checkpoint's value; a field it gives must agree with it, because a disagreeing value is a mistake
+either in the config or in the choice of checkpoint, not a request to reshape the weights. The
+command line knows which fields were given (`refuse_contradictions`); MambaLM built in Python
+knows only the fields that differ from BackboneConfig's defaults.
 """
 
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -119,22 +120,42 @@ class Checkpoint:
     chunk_size: int | None  # Mamba2's SSD chunk length, if it names one: taken unless set
     weights: list[Path]
 
-    def configure(self, given: BackboneConfig, vocab_size: int | None, tie_embeddings: bool):
-        """The backbone config, vocabulary size and head tying for a model initialised here."""
-        default = BackboneConfig()
-        for name, value in self.fixed.items():
-            mine = getattr(given, name)
-            if mine != getattr(default, name) and mine != value:
-                raise ValueError(
-                    f"model.net.backbone.{name}={mine!r} contradicts {self.source}, whose config "
-                    f"gives {name}={value!r}; leave backbone.{name} out of the config (it comes "
-                    f"from the checkpoint) or set it to {value!r}"
-                )
-        if not tie_embeddings and self.tied:  # True is the default: it follows the checkpoint
+    def refuse_contradictions(self, backbone: dict, tie_embeddings: bool | None = None) -> None:
+        """Every given backbone field the weights fix, and a given tie_embeddings, must agree
+        with the checkpoint's config."""
+        for name, mine in backbone.items():
+            if name not in self.fixed:
+                continue
+            value = self.fixed[name]
+            if isinstance(value, AttnConfig):  # entry by entry: a config may give a few
+                theirs = asdict(value)
+                for key, entry in dict(mine).items():
+                    if theirs.get(key) != entry:
+                        self._contradiction(f"{name}.{key}", entry, theirs.get(key))
+            elif (tuple(mine) if isinstance(mine, list) else mine) != value:
+                self._contradiction(name, mine, value)
+        if tie_embeddings is not None and tie_embeddings != self.tied:
+            head = "is its embedding" if self.tied else "is a matrix of its own"
             raise ValueError(
-                f"tie_embeddings=False contradicts {self.source}, whose output head is its "
-                "embedding; leave tie_embeddings out of the config (it comes from the checkpoint)"
+                f"tie_embeddings={tie_embeddings} contradicts {self.source}, whose output head "
+                f"{head}; leave tie_embeddings out of the config (it comes from the checkpoint)"
             )
+
+    def _contradiction(self, name: str, mine, value):
+        raise ValueError(
+            f"model.net.backbone.{name}={mine!r} contradicts {self.source}, whose config gives "
+            f"{name}={value!r}; leave backbone.{name} out of the config (it comes from the "
+            f"checkpoint) or set it to {value!r}"
+        )
+
+    def configure(self, given: BackboneConfig, vocab_size: int | None, tie_embeddings: bool):
+        """The backbone config, vocabulary size and head tying for a model initialised here;
+        fields at BackboneConfig's defaults count as not given."""
+        default = BackboneConfig()
+        self.refuse_contradictions(
+            {n: getattr(given, n) for n in self.fixed if getattr(given, n) != getattr(default, n)},
+            None if tie_embeddings else False,  # True is the default: it follows the checkpoint
+        )
         config = replace(given, **self.fixed)
         if self.chunk_size is not None and given.chunk_size == default.chunk_size:
             config = replace(config, chunk_size=self.chunk_size)
