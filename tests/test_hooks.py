@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHOICES, DEFAULTS, bake
+from conftest import CHOICES, COOKIECUTTER_JSON, DEFAULTS, bake
 from cookiecutter import prompt
 from cookiecutter.environment import StrictEnvironment
 from cookiecutter.exceptions import FailedHookException
@@ -239,7 +239,8 @@ NASTY = {
 
 
 def render_hook(name: str, answers: dict[str, str]) -> str:
-    context = {"cookiecutter": {**DEFAULTS, **answers, "_template": "x", "_repo_dir": "."}}
+    private = {k: v for k, v in COOKIECUTTER_JSON.items() if k.startswith("_")}
+    context = {"cookiecutter": {**private, **DEFAULTS, **answers, "_template": "x"}}
     env = StrictEnvironment(context=context, keep_trailing_newline=True)
     return env.from_string((HOOKS / name).read_text(encoding="utf-8")).render(**context)
 
@@ -378,3 +379,37 @@ def test_project_name_that_is_a_reserved_name_is_refused_with_an_alternative(
     if field == "project_slug":
         fixed["package_name"] = fixed["project_slug"].replace("-", "_")
     assert hook_problems(fixed) == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "first", "last"),
+    [
+        (
+            "package_name=torch",
+            "error: package_name 'torch' must not shadow a dependency of the project; answer "
+            "another, e.g. package_name=torch_project.",
+            "Hook script failed (exit status: 1)",
+        ),
+        (
+            "modal_gpu=T4",
+            None,
+            "ValueError: T4 provided for choice variable modal_gpu, but the choices are [",
+        ),
+    ],
+    ids=["hook", "choice"],
+)
+def test_a_refused_answer_shows_what_the_readme_says(template, tmp_path, answer, first, last):
+    """The README tells a user what a refused bake prints: our line first where the hook
+    refuses, cookiecutter's own last line either way; and no folder is left."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(tmp_path / "out"),
+         str(template), answer],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode != 0
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    if first is not None:
+        assert lines[0] == first and f"`{first}`" in readme
+    assert lines[-1].startswith(last) and last.rstrip("[") in readme
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

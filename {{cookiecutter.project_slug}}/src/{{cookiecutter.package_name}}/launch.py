@@ -36,12 +36,12 @@ GPU_MEMORY_GB = {
     "B200": 180,
     "B200+": 180,
 }
-# GPU types Modal rents that this project cannot train on, and why: the same rule, in the same
-# words, as the bake's own check of modal_gpu (hooks/pre_gen_project.py, UNSUPPORTED_GPUS).
+# GPU types Modal rents that this project cannot train on, and why: the template's
+# _unsupported_gpus, so the bake's check of modal_gpu and this one say the same.
 UNSUPPORTED_GPUS = {
-    "T4": (
-        "T4 is sm_75, which has no bfloat16; the Triton kernels of mamba-ssm fail to compile for it"
-    ),
+{%- for gpu, why in cookiecutter._unsupported_gpus.items() %}
+    {{ gpu | jsonify }}: {{ why | jsonify }},
+{%- endfor %}
 }
 MAX_GPUS_PER_CONTAINER = {"A10": 4, "A10G": 4}  # 8 for every other type
 FALLBACK_CANDIDATES = ["L4", "A10", "A100-40GB", "L40S", "A100-80GB", "H100", "H200", "B200"]
