@@ -94,6 +94,10 @@ class Mounts:
     runs: Path = Path("/vol/runs")  # --run.root: checkpoints and the saved config of each run
     logs: Path = Path("/vol/logs")  # --run.log_root: TensorBoard event files
     hf: Path = Path("/vol/hf")  # HF_HOME: the Hugging Face hub cache (pretrained weights)
+    # TRITON_CACHE_DIR, in the same Volume: Triton's compiled kernels and autotuning results.
+    # mamba-ssm autotunes each Triton kernel over up to 54 configs per shape; Mamba3's compile
+    # for minutes on a fresh container, so every later container reads them from here.
+    triton: Path = Path("/vol/hf/triton")
 
 
 MOUNTS = Mounts()
@@ -122,7 +126,14 @@ image = modal.Image.from_registry(stack["image"]["base"], add_python=stack["imag
 for _name, command in steps:
     image = image.run_commands(command)
 image = (
-    image.env({"PYTHONUNBUFFERED": "1", "HF_HOME": str(MOUNTS.hf)})
+    image.env(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "HF_HOME": str(MOUNTS.hf),
+            "TRITON_CACHE_DIR": str(MOUNTS.triton),
+            "TRITON_CACHE_AUTOTUNING": "1",  # keep the chosen configs too, not only the binaries
+        }
+    )
     # Local files go last: they are attached when a container starts instead of being baked
     # into a layer, and Modal refuses any build step after them.
     .add_local_dir(HERE / "src" / PACKAGE, f"/root/{PACKAGE}", ignore=not_source)

@@ -76,8 +76,9 @@ def test_under_autocast_the_recurrent_states_are_bf16(mixer):
     model, ids = small_lm(mixer), prompts()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model.generate(ids, 32)
-        states = decoder(model, 3, Sampling(), cuda_graph=True).caches[0]
-    assert {s.dtype for s in states} == {torch.bfloat16}
+        conv_state, ssm_state, A = decoder(model, 3, Sampling(), cuda_graph=True).caches[0]
+    assert conv_state.dtype == ssm_state.dtype == torch.bfloat16
+    assert A.dtype == torch.float32  # -exp(A_log): a constant of the weights, not a state
     assert out.shape == (3, 52) and 0 <= out.min() and out.max() < 512
 
 

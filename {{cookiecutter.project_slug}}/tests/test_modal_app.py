@@ -440,6 +440,10 @@ def test_train_function_spec_has_gpu_fallbacks_timeout_retries_and_volumes():
 def test_the_hugging_face_cache_lives_on_the_mounted_volume(version):
     lines = [line for lines in build_lines(render(modal_app.image, version)) for line in lines]
     assert f"ENV HF_HOME={modal_app.MOUNTS.hf}" in lines
+    # compiled Triton kernels persist in the cache Volume, with their autotuning
+    assert f"ENV TRITON_CACHE_DIR={modal_app.MOUNTS.triton}" in lines
+    assert modal_app.MOUNTS.triton.is_relative_to(modal_app.MOUNTS.hf)
+    assert "ENV TRITON_CACHE_AUTOTUNING=1" in lines
     assert str(modal_app.MOUNTS.hf) in modal_app.train.info().volumes
 
 
