@@ -307,9 +307,23 @@ def test_a_hybrid_whose_attention_is_not_causal_is_refused_in_one_line(tmp_path)
         MambaLM.from_pretrained(str(folder), impl="reference")
 
 
-def test_a_hybrid_is_refused_by_the_hf_export_in_one_line(tmp_path):
-    with pytest.raises(ValueError, match=r"^backbone\.attn_layer_idx=\[1\]: [^\n]*mamba_ssm$"):
-        hybrid_lm("Mamba2").save_pretrained(str(tmp_path / "hf"), format="hf")
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"mixer": "Mamba1"}, r"backbone\.mixer=Mamba1"),
+        ({"d_intermediate": 0}, r"backbone\.d_intermediate=0"),
+        ({}, r"attn_cfg\.d_conv=4"),  # ATTN: a convolution over q, k and v
+    ],
+    ids=["Mamba1", "no-mlp", "attention-conv"],
+)
+def test_a_hybrid_bamba_cannot_express_is_refused_by_the_hf_export_in_one_line(
+    tmp_path, extra, problem
+):
+    config = {"mixer": "Mamba2", "d_intermediate": 64, **TINY, **extra}
+    backbone = BackboneConfig(impl="reference", attn_layer_idx=[1], attn_cfg=ATTN, **config)
+    with pytest.raises(ValueError, match=rf"^{problem}[^\n]*format=mamba_ssm$"):
+        MambaLM(backbone, 64).save_pretrained(str(tmp_path / "hf"), format="hf")
+    assert not (tmp_path / "hf").exists()
 
 
 # ------------------------------------------------------------------------ HF's Bamba
@@ -351,6 +365,45 @@ def test_hf_bamba_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path):
     again = MambaLM.from_pretrained(str(model.save_pretrained(str(tmp_path / "ssm"))))
     with torch.no_grad():
         assert torch.equal(again.eval()(ids), got)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_a_bamba_checkpoint_goes_back_out_as_one_that_transformers_loads(tmp_path, tied):
+    """Bamba in, changed (as fine-tuning would), Bamba out: transformers reads our export with
+    our logits, and we read it back exactly."""
+    transformers = pytest.importorskip("transformers")
+    bamba_folder(tmp_path / "bamba", tie_word_embeddings=tied)
+    model = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.save_pretrained(str(tmp_path / "out"), format="hf")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == "bamba" and config["tie_word_embeddings"] == tied
+    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 100, (2, 13))
+    with torch.no_grad():
+        ours = model(ids)
+        torch.testing.assert_close(hf(ids).logits, ours, rtol=1e-4, atol=1e-4)
+        back = MambaLM.from_pretrained(str(tmp_path / "out"), impl="reference").eval()
+        assert torch.equal(back(ids), ours)
+
+
+def test_our_own_hybrid_exports_as_a_bamba_checkpoint(tmp_path):
+    """A hybrid trained here, in Bamba's shape (MLP after each layer, RoPE on half a head,
+    no conv in the attention), loads in transformers as a BambaForCausalLM."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = BackboneConfig(
+        impl="reference", mixer="Mamba2", d_intermediate=128, attn_layer_idx=[0, 2],
+        attn_cfg={"num_heads": 4, "num_heads_kv": 2, "rotary_emb_dim": 4}, **TINY,
+    )  # fmt: skip
+    model = MambaLM(config, 50).eval()
+    model.save_pretrained(str(tmp_path / "out"), format="hf")
+    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 50, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
 
 
 def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):

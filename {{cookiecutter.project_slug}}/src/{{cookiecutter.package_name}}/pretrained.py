@@ -469,6 +469,97 @@ def _from_bamba_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
+def _not_bamba(config: BackboneConfig) -> str | None:
+    """What in a model with attention or an MLP Bamba's config cannot say, if anything."""
+    attn, head_dim = config.attn_cfg, config.attn_cfg.head_dim
+    head_dim = head_dim or config.d_model // attn.num_heads
+    checks = [
+        (config.mixer == "Mamba2", f"backbone.mixer={config.mixer} (Bamba's layers are Mamba2)"),
+        (config.d_intermediate > 0, "backbone.d_intermediate=0 (Bamba has an MLP in each layer)"),
+        (config.norm_epsilon == 1e-5, f"backbone.norm_epsilon={config.norm_epsilon}"),
+        (not config.attn_layer_idx or (
+            attn.rotary_emb_dim == head_dim // 2 and not attn.rotary_emb_interleaved),
+         f"attn_cfg.rotary_emb_dim={attn.rotary_emb_dim} (Bamba turns half of each head: "
+         f"{head_dim // 2}, in halves)"),
+        (not config.attn_layer_idx or attn.d_conv == 0, f"attn_cfg.d_conv={attn.d_conv}"),
+        (not config.attn_layer_idx or attn.mlp_dim == 0, f"attn_cfg.mlp_dim={attn.mlp_dim}"),
+        (not config.attn_layer_idx or attn.qkv_proj_bias == attn.out_proj_bias,
+         "attn_cfg.qkv_proj_bias differs from out_proj_bias"),
+        (not config.attn_layer_idx or attn.softmax_scale is None,
+         f"attn_cfg.softmax_scale={attn.softmax_scale}"),
+    ]  # fmt: skip
+    return next((problem for ok, problem in checks if not ok), None)
+
+
+def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
+    """Our HF-named state (backbone.embeddings, ...) under Bamba's names: MHA's in_proj split
+    into q, k and v, GatedMLP's fc1 into up and gate."""
+    attn = config.attn_cfg
+    head_dim = attn.head_dim or config.d_model // attn.num_heads
+    q, kv = attn.num_heads * head_dim, (attn.num_heads_kv or attn.num_heads) * head_dim
+    out = {}
+    for key, value in state.items():
+        if key == "backbone.embeddings.weight":
+            out["model.embed_tokens.weight"] = value
+        elif key.startswith("backbone.norm_f."):
+            out[key.replace("backbone.norm_f.", "model.final_layernorm.")] = value
+        elif key == "lm_head.weight":
+            out[key] = value
+        else:
+            layer, part, rest = re.fullmatch(r"backbone\.layers\.(\d+)\.(\w+)\.(.*)", key).groups()
+            base = f"model.layers.{layer}."
+            if part in ("norm", "norm2"):
+                norm = "input_layernorm." if part == "norm" else "pre_ff_layernorm."
+                out[base + norm + rest] = value
+            elif part == "mlp" and rest.startswith("fc1."):
+                up, gate = value.chunk(2)
+                out[base + "feed_forward.up_proj." + rest[4:]] = up
+                out[base + "feed_forward.gate_proj." + rest[4:]] = gate
+            elif part == "mlp":
+                out[base + "feed_forward.down_proj." + rest[4:]] = value
+            elif int(layer) not in config.attn_layer_idx:
+                out[base + "mamba." + rest] = value
+            elif rest.startswith("in_proj."):
+                kind = rest[len("in_proj.") :]
+                for name, piece in zip("qkv", value.split([q, kv, kv]), strict=True):
+                    out[f"{base}self_attn.{name}_proj.{kind}"] = piece
+            else:
+                out[base + "self_attn.o_proj." + rest[len("out_proj.") :]] = value
+    return out
+
+
+def _bamba_config(config: BackboneConfig, vocab_size: int, tied: bool, mlp: int) -> dict:
+    attn = config.attn_cfg
+    head_dim = attn.head_dim or config.d_model // attn.num_heads
+    return {
+        "architectures": ["BambaForCausalLM"],
+        "model_type": "bamba",
+        "vocab_size": vocab_size,
+        "tie_word_embeddings": tied,
+        "hidden_size": config.d_model,
+        "intermediate_size": mlp,  # GatedMLP's width: d_intermediate rounded up
+        "num_hidden_layers": config.n_layer,
+        "attn_layer_indices": list(config.attn_layer_idx),
+        "num_attention_heads": attn.num_heads,
+        "num_key_value_heads": attn.num_heads_kv or attn.num_heads,
+        "head_dim": head_dim,
+        "attention_bias": attn.qkv_proj_bias,
+        "rope_parameters": {"rope_type": "default", "rope_theta": attn.rotary_emb_base},
+        "mamba_n_heads": config.expand * config.d_model // config.headdim,
+        "mamba_d_head": config.headdim,
+        "mamba_n_groups": config.ngroups,
+        "mamba_d_state": config.d_state,
+        "mamba_d_conv": config.d_conv,
+        "mamba_expand": config.expand,
+        "mamba_chunk_size": config.chunk,
+        "mamba_conv_bias": True,
+        "mamba_proj_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_epsilon,
+    }
+
+
 def _same(value, default) -> bool:
     if isinstance(default, tuple):
         return value is not None and tuple(map(_float, value)) == default
@@ -495,15 +586,11 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
             "backbone.mixer=Mamba3: HF transformers has no Mamba-3 model; export this model "
             "with format=mamba_ssm"
         )
-    if format == "hf" and config.attn_layer_idx:
+    bamba = format == "hf" and bool(config.attn_layer_idx or config.d_intermediate)
+    if bamba and (problem := _not_bamba(config)):
         raise ValueError(
-            f"backbone.attn_layer_idx={list(config.attn_layer_idx)}: HF's Mamba models have no "
-            "attention layers; export this hybrid with format=mamba_ssm"
-        )
-    if format == "hf" and config.d_intermediate:
-        raise ValueError(
-            f"backbone.d_intermediate={config.d_intermediate}: HF's Mamba models have no MLP "
-            "after the mixer; export this model with format=mamba_ssm"
+            f"{problem}: HF's Mamba models have neither attention nor an MLP, and its Bamba "
+            "(their hybrid) cannot express this; export this model with format=mamba_ssm"
         )
     if format == "mamba_ssm" and config.norm_epsilon != 1e-5:
         raise ValueError(
@@ -525,12 +612,18 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
         state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")[:vocab]
         if "lm_head.weight" in state:
             state["lm_head.weight"] = state["lm_head.weight"][:vocab]
+        if bamba:
+            state = _to_bamba_names(state, config)
         state = {k: v.clone() for k, v in state.items()}  # cut rows must not share storage
         save_file(state, out / "model.safetensors", metadata={"format": "pt"})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out / "model.safetensors", 0o666 & ~umask)  # safetensors writes it 0600
-        description = _hf_config(config, vocab, model.tie_embeddings)
+        if bamba:
+            mlp = state["model.layers.0.feed_forward.down_proj.weight"].shape[1]
+            description = _bamba_config(config, vocab, model.tie_embeddings, mlp)
+        else:
+            description = _hf_config(config, vocab, model.tie_embeddings)
     (out / "config.json").write_text(json.dumps(description, indent=2) + "\n")
     return out
 
