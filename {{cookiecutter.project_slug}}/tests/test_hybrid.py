@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.generation import Sampling, decoder
 from {{ cookiecutter.package_name }}.mixers import MHA
 from {{ cookiecutter.package_name }}.model import MambaLM
 
+PACKAGE = "{{ cookiecutter.package_name }}"
 TINY = {"d_model": 32, "n_layer": 3, "d_state": 8, "headdim": 8, "chunk_size": 8}
 ATTN = {"num_heads": 4, "num_heads_kv": 2, "rotary_emb_dim": 4, "d_conv": 4, "mlp_dim": 10}
 
@@ -404,6 +405,41 @@ def test_our_own_hybrid_exports_as_a_bamba_checkpoint(tmp_path):
     ids = torch.randint(0, 50, (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_a_bamba_checkpoint_fine_tunes_from_the_command_line_and_ships_back_as_bamba(tmp_path):
+    """init_from a Bamba folder, 20 steps of fit on text with its tokenizer, export --format hf:
+    transformers reads the export with the trained model's logits, and it carries the
+    tokenizer, so the exported folder generates on its own."""
+    from conftest import CORPUS, LANGUAGE_MODEL, QUIET, bpe_tokenizer
+    from tokenizers import Tokenizer
+
+    from {{ cookiecutter.package_name }}.checkpoint import load_trained
+    from {{ cookiecutter.package_name }}.cli import main
+
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(CORPUS)
+    tokenizer = bpe_tokenizer(tmp_path / "tokenizer.json", vocab_size=300)
+    vocab = Tokenizer.from_file(str(tokenizer)).get_vocab_size()
+    bamba_folder(tmp_path / "bamba", vocab_size=vocab)
+    main([
+        "fit", LANGUAGE_MODEL, *QUIET,
+        f"--model.net.init_from={tmp_path / 'bamba'}", "--model.net.backbone.impl=reference",
+        f"--data={PACKAGE}.data.TextFile", f"--data.path={tmp_path / 'texts'}",
+        f"--data.tokenizer={tokenizer}", "--data.seq_len=16", "--data.batch_size=2",
+        "--trainer.max_steps=20", f"--run.root={tmp_path / 'runs'}", "--run.id=ft",
+    ])  # fmt: skip
+    last = tmp_path / "runs" / "ft" / "checkpoints" / "last.ckpt"
+    trained = load_trained(last, impl="reference").net.eval()
+    before = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference")
+    assert not torch.equal(trained.lm_head.weight, before.lm_head.weight)  # it was trained
+    main(["export", "--ckpt_path", str(last), "--format", "hf", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, vocab, (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, trained(ids), rtol=1e-4, atol=1e-4)
 
 
 def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):
