@@ -442,6 +442,52 @@ def test_a_bamba_checkpoint_fine_tunes_from_the_command_line_and_ships_back_as_b
         torch.testing.assert_close(hf(ids).logits, trained(ids), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("config", "feature"),
+    [
+        ({"model_type": "granitemoehybrid", "num_local_experts": 8}, "mixture-of-experts MLPs"),
+        ({"model_type": "falcon_h1"}, "attention and Mamba side by side"),
+    ],
+    ids=["moe", "parallel"],
+)
+def test_an_hf_hybrid_this_backbone_cannot_build_stops_in_one_line_writing_nothing(
+    tmp_path, capsys, config, feature
+):
+    from conftest import LANGUAGE_MODEL, QUIET
+
+    from {{ cookiecutter.package_name }}.cli import main
+
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+    (folder / "model.safetensors").write_bytes(b"")  # never read: the config stops it first
+    with pytest.raises(SystemExit) as stop:
+        main([
+            "fit", LANGUAGE_MODEL, *QUIET, f"--model.net.init_from={folder}",
+            f"--data={PACKAGE}.data.SelectiveCopying", f"--run.root={tmp_path / 'runs'}",
+        ])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and feature in err[0] and "not supported" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_hub_checkpoint_is_refused_from_its_config_before_its_weights_are_fetched(
+    tmp_path, monkeypatch
+):
+    from {{ cookiecutter.package_name }} import pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "zamba2"}))
+
+    def hub_file(name_or_path, name, revision=None, required=True):
+        assert name == "config.json", f"{name} fetched before the config was read"
+        return tmp_path / name
+
+    monkeypatch.setattr(pretrained, "hub_file", hub_file)
+    with pytest.raises(ValueError, match=r"^org/zamba: a zamba2 checkpoint has attention blocks"):
+        pretrained.read_checkpoint("org/zamba")
+
+
 def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):
     bamba_folder(tmp_path / "bamba")
     config = json.loads((tmp_path / "bamba" / "config.json").read_text())

@@ -241,7 +241,8 @@ class Checkpoint:
 
 
 def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoint:
-    """Locate a checkpoint (local folder or hub id) and read its config."""
+    """Locate a checkpoint (local folder or hub id) and read its config. A config this backbone
+    cannot express is refused before any weights are located (on the hub: downloaded)."""
     local = Path(name_or_path).expanduser()
     if local.exists() or looks_like_path(name_or_path):
         if not local.is_dir():
@@ -261,8 +262,10 @@ def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoin
                 f"and one of {', '.join(WEIGHT_FILES)}"
             )
         shard = lambda name: local / name  # noqa: E731
+        format, parsed = _interpret(_read_json(config_path, name_or_path), name_or_path)
     else:
         config_path = hub_file(name_or_path, "config.json", revision)
+        format, parsed = _interpret(_read_json(config_path, name_or_path), name_or_path)
         weights = []
         for name in WEIGHT_FILES:
             found = hub_file(name_or_path, name, revision, required=False)
@@ -278,18 +281,40 @@ def read_checkpoint(name_or_path: str, revision: str | None = None) -> Checkpoin
     if weights[0].name.endswith(".index.json"):
         shards = sorted(set(_read_json(weights[0], name_or_path)["weight_map"].values()))
         weights = [shard(name) for name in shards]
-    config = _read_json(config_path, name_or_path)
-    if config.get("model_type") == "bamba":
-        return Checkpoint(name_or_path, "bamba", *_from_bamba(config, name_or_path), weights)
-    if "model_type" in config:
-        return Checkpoint(name_or_path, "hf", *_from_hf(config, name_or_path), weights)
-    if "d_model" in config and "n_layer" in config:
-        return Checkpoint(
-            name_or_path, "mamba_ssm", *_from_mamba_ssm(config, name_or_path), weights
+    return Checkpoint(name_or_path, format, *parsed, weights)
+
+
+# HF hybrid families this backbone does not build, and the feature that stands in the way
+OTHER_HYBRIDS = {
+    "falcon_h1": "attention and Mamba side by side in every layer (parallel hybrid)",
+    "zamba2": "attention blocks shared by several layers",
+    "nemotron_h": "MLP layers of their own with a squared-ReLU activation",
+    "jamba": "mixture-of-experts MLPs and Mamba1 layers with inner norms",
+}
+
+
+def _interpret(config: dict, source: str) -> tuple[str, tuple]:
+    """The checkpoint's format and its config as ours (see Checkpoint), or a one-line refusal."""
+    kind = config.get("model_type")
+    if kind == "bamba":
+        return "bamba", _from_bamba(config, source)
+    if kind == "granitemoehybrid":
+        experts = config.get("num_local_experts", 0)
+        feature = (
+            f"mixture-of-experts MLPs (num_local_experts={experts})"
+            if experts
+            else "muP multipliers on the embedding, the residual and the logits"
         )
+        raise ValueError(f"{source}: a GraniteMoeHybrid checkpoint has {feature}; not supported")
+    if kind in OTHER_HYBRIDS:
+        raise ValueError(f"{source}: a {kind} checkpoint has {OTHER_HYBRIDS[kind]}; not supported")
+    if kind is not None:
+        return "hf", _from_hf(config, source)
+    if "d_model" in config and "n_layer" in config:
+        return "mamba_ssm", _from_mamba_ssm(config, source)
     raise ValueError(
-        f"{name_or_path}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
-        "transformers' (model_type mamba or mamba2); not a Mamba checkpoint"
+        f"{source}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
+        "transformers' (model_type mamba, mamba2 or bamba); not a Mamba checkpoint"
     )
 
 
