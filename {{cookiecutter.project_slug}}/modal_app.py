@@ -49,6 +49,7 @@ import modal.experimental
 
 try:
     from {{ cookiecutter.package_name }} import launch
+    from {{ cookiecutter.package_name }}.runid import checkpoint_path
 except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
     print(
         f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
@@ -413,7 +414,7 @@ def gpu_check(sections: str = "kernels,parity,throughput,profile") -> str:
 
 def extrapolate_command(run_id: str, lengths: str, checkpoint: str) -> list[str]:
     """`python -m <pkg> extrapolate` on one checkpoint of a run in the runs Volume."""
-    ckpt = MOUNTS.runs / run_id / "checkpoints" / f"{checkpoint}.ckpt"
+    ckpt = checkpoint_path(MOUNTS.runs, run_id, checkpoint)
     command = [sys.executable, "-m", PACKAGE, "extrapolate"]
     return [*command, f"--ckpt_path={ckpt}", f"--lengths={lengths}"]
 
@@ -469,7 +470,7 @@ def generate_command(
     what is not given is left to the command, which says in one line what it needs."""
     command = [sys.executable, "-m", PACKAGE, "generate"]
     if run_id:
-        command.append(f"--ckpt_path={MOUNTS.runs / run_id / 'checkpoints' / f'{checkpoint}.ckpt'}")
+        command.append(f"--ckpt_path={checkpoint_path(MOUNTS.runs, run_id, checkpoint)}")
     if pretrained:
         command.append(f"--pretrained={pretrained}")
     if prompt:

@@ -41,6 +41,7 @@ from .errors import input_error
 from .module import MambaModule
 from .pretrained import read_checkpoint
 from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
+from .runid import CHECKPOINTS
 from .runs import (
     LAST,
     AtomicCheckpointIO,
@@ -183,7 +184,7 @@ class MambaCLI(LightningCLI):
         run_id, run_dir, log_dir = self.run_paths()
         self.run_id, self.run_dir = run_id, run_dir
         self.undo = undo = UndoFailedStart(run_dir, log_dir)  # before anything can write there
-        ckpt_dir = run_dir / "checkpoints"
+        ckpt_dir = run_dir / CHECKPOINTS
         self.resume_from = None
         if self.subcommand != "fit":
             return self.instantiate_evaluation_trainer(trainer, kwargs)
@@ -335,7 +336,7 @@ class MambaCLI(LightningCLI):
                 f"best checkpoint ({best.monitor} {float(best.best_model_score):.4g}): "
                 f"{best.best_model_path}"
             )
-        if (last := self.run_dir / "checkpoints" / LAST).is_file():
+        if (last := self.run_dir / CHECKPOINTS / LAST).is_file():
             lines.append(f"last checkpoint: {last}")
         logs = trainer.logger.log_dir if trainer.logger is not None else None  # None: fast_dev_run
         if logs is not None and Path(logs).is_dir():

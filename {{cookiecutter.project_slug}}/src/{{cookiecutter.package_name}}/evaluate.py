@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .runid import checkpoint_path
+
 try:
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
@@ -313,7 +315,7 @@ def modal_command(
         raise ValueError("give one of --run-id (a run in the runs Volume) and --pretrained")
     command = [sys.executable, "-m", __package__, "evaluate", f"--tasks={tasks}"]
     if run_id:
-        command.append(f"--ckpt_path={runs / run_id / 'checkpoints' / f'{checkpoint}.ckpt'}")
+        command.append(f"--ckpt_path={checkpoint_path(runs, run_id, checkpoint)}")
     else:
         out = runs / "eval" / re.sub(r"[^\w.-]+", "_", pretrained.strip("/"))
         command += [f"--pretrained={pretrained}", f"--out={out}"]

@@ -1,4 +1,5 @@
-"""The rule for a run id: it names a folder, so only a safe subset of characters.
+"""The rule for a run id: it names a folder, so only a safe subset of characters; and where a
+run's checkpoints lie in its folder.
 
 One rule for both places that take an id: the CLI's `--run.id` (runs.RunConfig) and
 `modal run modal_app.py --run-id` (launch.py, which checks it on your machine before any GPU
@@ -6,6 +7,7 @@ starts). Standard library only, as launch.py needs.
 """
 
 import re
+from pathlib import Path
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 RULE = "only letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128"
@@ -13,3 +15,11 @@ RULE = "only letters, digits, '.', '_' and '-', starting with a letter or digit,
 
 def is_run_id(value: str) -> bool:
     return RUN_ID.fullmatch(value) is not None
+
+
+CHECKPOINTS = "checkpoints"  # <run root>/<id>/checkpoints/: last.ckpt, best.ckpt, ...
+
+
+def checkpoint_path(root: str | Path, run_id: str, name: str) -> Path:
+    """<root>/<run_id>/checkpoints/<name>.ckpt, where fit writes a run's checkpoint `name`."""
+    return Path(root) / run_id / CHECKPOINTS / f"{name}.ckpt"
