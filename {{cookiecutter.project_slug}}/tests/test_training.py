@@ -1,5 +1,6 @@
 """The LightningModule and the CLI: every task trains, configs print, runs resume."""
 
+import logging
 import subprocess
 import sys
 
@@ -87,6 +88,27 @@ def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
         assert name in metrics, name
     events = list((tmp_path / "demo").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event file missing"
+
+
+@pytest.mark.parametrize("lr", [1e-12, 0.05], ids=["frozen", "learning"])
+def test_a_run_still_at_chance_says_so_once_and_a_learning_one_does_not(tmp_path, caplog, lr):
+    """NotLearning compares val/loss with the data's chance loss (ln 7 for 7 symbols): a model
+    that cannot move (lr 1e-12) is told at the first validation after `after_step`, once; a model
+    that learns the recall is not."""
+    callback = f"--trainer.callbacks+={PACKAGE}.progress.NotLearning"
+    caplog.set_level(logging.INFO)
+    main([
+        "fit", *TINY, f"--data={PACKAGE}.data.InductionHeads", "--data.seq_len=8",
+        "--data.num_symbols=7", "--data.batch_size=32", "--data.num_train_samples=2048",
+        "--data.num_val_samples=256", f"--model.lr={lr}", "--model.warmup_steps=0",
+        callback, "--trainer.callbacks.after_step=40", "--trainer.max_steps=120",
+        "--trainer.val_check_interval=20", f"--run.root={tmp_path}",
+    ])  # fmt: skip
+    said = [message for message in caplog.messages if "not learning" in message]
+    assert len(said) == (1 if lr < 1e-6 else 0), said
+    if said:
+        assert "not learning: at step 40 val/loss " in said[0]
+        assert "(1.946)" in said[0] and "another seed (seed_everything)" in said[0]
 
 
 def test_a_second_start_with_the_same_run_id_resumes(tmp_path):

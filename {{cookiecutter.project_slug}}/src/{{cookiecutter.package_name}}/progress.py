@@ -7,8 +7,10 @@
     Announce          where the run writes, once training begins
     ParameterSummary  Lightning's model summary without its FLOPs column, which stays 0 for
                       models without an example input (this one logs its FLOPs as it trains)
+    NotLearning       one line when validation is still at chance long after runs that learn
+                      have left it (a config adds it: configs/induction_heads_paper.yaml)
 
-All are Lightning callbacks on public hooks; cli.py adds them to every `fit`.
+All are Lightning callbacks on public hooks; cli.py adds the first four to every `fit`.
 """
 
 import sys
@@ -20,6 +22,31 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
+
+class NotLearning(Callback):
+    """Says once, in one line, that a run has not started to learn: at a validation after
+    `after_step` steps, val/loss is still within `margin` (relative) of the data module's
+    `chance_loss`, the loss of a guess that ignores the context. The run goes on; the line
+    tells its owner that it is likely to end where it is, and what to do instead."""
+
+    def __init__(self, after_step: int, margin: float = 0.02):
+        self.after_step, self.margin, self.said = after_step, margin, False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.said or trainer.sanity_checking or trainer.global_step < self.after_step:
+            return
+        chance = getattr(trainer.datamodule, "chance_loss", None)
+        loss = trainer.callback_metrics.get("val/loss")
+        if chance is None or loss is None or float(loss) < chance * (1 - self.margin):
+            return
+        self.said = True
+        rank_zero_info(
+            f"not learning: at step {trainer.global_step} val/loss {float(loss):.4g} is still "
+            f"the loss of a guess that ignores the context ({chance:.4g}); runs of this config "
+            "that learn leave it long before, so this one will likely end here. Stop it and "
+            "start another seed (seed_everything), or keep it running to see it through"
+        )
 
 
 class Announce(Callback):

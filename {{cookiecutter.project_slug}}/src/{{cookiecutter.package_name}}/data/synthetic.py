@@ -1,5 +1,7 @@
 """The Mamba paper's synthetic language-model tasks: selective copying and induction heads."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -44,6 +46,11 @@ class SelectiveCopying(GeneratedDataModule):
         self.vocab_size = num_symbols + 2
         self.validate()
         self.check_val_lengths()
+
+    @property
+    def chance_loss(self) -> float:
+        """The loss of a guess that ignores the context: the copied symbols are uniform."""
+        return math.log(self.num_symbols)
 
     def validate(self, **args) -> None:
         n, k, s = args.get("seq_len", self.seq_len), self.num_tokens, self.num_symbols
@@ -96,6 +103,11 @@ class InductionHeads(GeneratedDataModule):
         self.vocab_size = num_symbols + 1
         self.validate()
         self.check_val_lengths()
+
+    @property
+    def chance_loss(self) -> float:
+        """The loss of a guess that ignores the context: the recalled symbol is uniform."""
+        return math.log(self.num_symbols)
 
     def validate(self, **args) -> None:
         n, s = args.get("seq_len", self.seq_len), self.num_symbols
