@@ -228,11 +228,11 @@ def own_rows(mixer: str, repeats: int, prompts=(SHAPE["prompt"],)) -> list[dict]
     flash-attn): our tokens/s, and whether the greedy tokens are the argmax of our own full
     forward over the decoded sequence."""
     rows = []
-    for dtype, prompt in ((d, p) for d in ("fp32", "bf16") for p in prompts):
+    for dtype in ("fp32", "bf16"):
         model = build(mixer)
         if dtype == "bf16":
             model = model.to(torch.bfloat16)
-        for batch in BATCHES:
+        for prompt, batch in ((p, b) for p in prompts for b in BATCHES):
             g = torch.Generator().manual_seed(batch)
             ids = torch.randint(0, SHAPE["vocab"], (batch, prompt), generator=g).cuda()
             call = partial(model.generate, ids, SHAPE["new_tokens"])

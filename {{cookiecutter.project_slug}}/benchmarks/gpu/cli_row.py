@@ -18,7 +18,16 @@ from pathlib import Path
 
 import torch
 
-from .common import HYBRID, MIXER_STATE, PACKAGE, SIZE, guarded, mamba_ssm_lm, raw_loop, table
+from .common import (
+    MIXER_STATE,
+    PACKAGE,
+    SIZE,
+    guarded,
+    mamba_ssm_lm,
+    mixer_and_layout,
+    raw_loop,
+    table,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -54,8 +63,7 @@ def cli_fit(mixer: str, steps: int = 170, cuda_graphs: str = "auto") -> dict:
         rng = random.Random(0)
         alphabet = string.ascii_letters + string.digits + " .,\n"
         corpus.write_text("".join(rng.choices(alphabet, k=batch * (length + 1) * (steps + 20))))
-        hybrid = mixer == "Hybrid"
-        mixer = "Mamba2" if hybrid else mixer
+        mixer, layout = mixer_and_layout(mixer)
         state = MIXER_STATE[mixer]
         args = [
             "--config=configs/text.yaml",
@@ -73,11 +81,7 @@ def cli_fit(mixer: str, steps: int = 170, cuda_graphs: str = "auto") -> dict:
             "--trainer.log_every_n_steps=10",
             "--trainer.enable_progress_bar=false",
         ]
-        if hybrid:
-            args += [
-                f"--model.net.backbone.attn_layer_idx={json.dumps(HYBRID['attn_layer_idx'])}",
-                f"--model.net.backbone.attn_cfg={json.dumps(HYBRID['attn_cfg'])}",
-            ]
+        args += [f"--model.net.backbone.{k}={json.dumps(v)}" for k, v in layout.items()]
         points = scalars(run_fit(args, Path(tmp) / "runs"), "train/loss")["train/loss"]
     ms = seconds_per_step(points, 40, 160) * 1e3
     return {"step_ms": ms, "ktok_s": batch * length / ms, "logged_steps": len(points)}

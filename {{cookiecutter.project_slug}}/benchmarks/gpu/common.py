@@ -46,9 +46,13 @@ HYBRID = {"attn_layer_idx": [6, 12, 18], "attn_cfg": {"num_heads": 12, "num_head
           "qkv_proj_bias": False, "out_proj_bias": False}}  # fmt: skip
 
 
+def mixer_and_layout(mixer: str) -> tuple[str, dict]:
+    """The Mamba mixer a benchmark row names, and the attention it adds ("Hybrid": HYBRID)."""
+    return ("Mamba2", HYBRID) if mixer == "Hybrid" else (mixer, {})
+
+
 def lm_config(mixer: str, impl: str) -> BackboneConfig:
-    extra = HYBRID if mixer == "Hybrid" else {}
-    mixer = "Mamba2" if mixer == "Hybrid" else mixer
+    mixer, extra = mixer_and_layout(mixer)
     return BackboneConfig(
         impl=impl,
         mixer=mixer,
@@ -268,8 +272,7 @@ def mamba_ssm_lm(mixer, vocab=SIZE["vocab"]):
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-    extra = HYBRID if mixer == "Hybrid" else {}
-    mixer = "Mamba2" if mixer == "Hybrid" else mixer
+    mixer, extra = mixer_and_layout(mixer)
     config = MambaConfig(
         d_model=SIZE["d_model"],
         n_layer=SIZE["n_layer"],

@@ -54,6 +54,10 @@ class AttnConfig:
     def kwargs(self) -> dict:
         return asdict(self)
 
+    def sizes(self, d_model: int) -> tuple[int, int]:
+        """(head_dim, num_heads_kv) with their None defaults filled in for `d_model`."""
+        return self.head_dim or d_model // self.num_heads, self.num_heads_kv or self.num_heads
+
 
 @dataclass(frozen=True)
 class BackboneConfig:

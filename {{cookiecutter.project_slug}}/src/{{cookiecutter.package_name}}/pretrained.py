@@ -496,8 +496,8 @@ def _from_bamba_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _not_bamba(config: BackboneConfig) -> str | None:
     """What in a model with attention or an MLP Bamba's config cannot say, if anything."""
-    attn, head_dim = config.attn_cfg, config.attn_cfg.head_dim
-    head_dim = head_dim or config.d_model // attn.num_heads
+    attn = config.attn_cfg
+    head_dim, _ = attn.sizes(config.d_model)
     checks = [
         (config.mixer == "Mamba2", f"backbone.mixer={config.mixer} (Bamba's layers are Mamba2)"),
         (config.d_intermediate > 0, "backbone.d_intermediate=0 (Bamba has an MLP in each layer)"),
@@ -520,8 +520,8 @@ def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[st
     """Our HF-named state (backbone.embeddings, ...) under Bamba's names: MHA's in_proj split
     into q, k and v, GatedMLP's fc1 into up and gate."""
     attn = config.attn_cfg
-    head_dim = attn.head_dim or config.d_model // attn.num_heads
-    q, kv = attn.num_heads * head_dim, (attn.num_heads_kv or attn.num_heads) * head_dim
+    head_dim, heads_kv = attn.sizes(config.d_model)
+    q, kv = attn.num_heads * head_dim, heads_kv * head_dim
     out = {}
     for key, value in state.items():
         if key == "backbone.embeddings.weight":
@@ -555,7 +555,7 @@ def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[st
 
 def _bamba_config(config: BackboneConfig, vocab_size: int, tied: bool, mlp: int) -> dict:
     attn = config.attn_cfg
-    head_dim = attn.head_dim or config.d_model // attn.num_heads
+    head_dim, heads_kv = attn.sizes(config.d_model)
     return {
         "architectures": ["BambaForCausalLM"],
         "model_type": "bamba",
@@ -566,7 +566,7 @@ def _bamba_config(config: BackboneConfig, vocab_size: int, tied: bool, mlp: int)
         "num_hidden_layers": config.n_layer,
         "attn_layer_indices": list(config.attn_layer_idx),
         "num_attention_heads": attn.num_heads,
-        "num_key_value_heads": attn.num_heads_kv or attn.num_heads,
+        "num_key_value_heads": heads_kv,
         "head_dim": head_dim,
         "attention_bias": attn.qkv_proj_bias,
         "rope_parameters": {"rope_type": "default", "rope_theta": attn.rotary_emb_base},
