@@ -4,7 +4,8 @@
 weights under `net.`, the optimiser and loop state, the data module's arguments, and (from
 module.py's on_save_checkpoint) the network's class and shape. `load_trained` rebuilds the
 plain network from them with torch alone, for the commands that use a model rather than
-train it (generate, export, extrapolate, evaluate).
+train it (generate, export, extrapolate, evaluate); `language_model` gives those that need a
+language model and its tokenizer (from a checkpoint or published weights) the pair, checked.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from .classifier import MambaClassifier
+from .data.text import TextTokenizer
+from .hub import hub_file, looks_like_path
 from .model import MambaLM
 
 NETWORKS = {cls.__name__: cls for cls in (MambaLM, MambaClassifier)}
@@ -55,3 +58,62 @@ def load_trained(path: str | Path, impl: str | None = None) -> Trained:
     data_class = data.pop("_class_path", None)
     data.pop("_instantiator", None)
     return Trained(net.eval(), data_class, data)
+
+
+def language_model(
+    command: str,
+    ckpt_path: str | None,
+    pretrained: str | None,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    impl: str = "auto",
+):
+    """The MambaLM of a fit checkpoint or of published weights, and its tokenizer: `tokenizer`,
+    else the one the checkpoint was trained with, else the tokenizer.json shipped beside the
+    weights. Returns (model, data.text.TextTokenizer)."""
+    own = None  # the tokenizer the weights were trained with, where that is known
+    if ckpt_path is not None:
+        trained = load_trained(ckpt_path, impl)
+        model, own = trained.net, trained.tokenizer
+        if not isinstance(model, MambaLM):
+            raise ValueError(
+                f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; {command} needs a "
+                "language model (MambaLM)"
+            )
+    else:
+        model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
+        folder = Path(pretrained).expanduser()
+        found = folder / "tokenizer.json" if folder.is_dir() else None
+        if found is None and tokenizer is None and not looks_like_path(pretrained):
+            found = hub_file(pretrained, "tokenizer.json", revision, required=False)
+        own = str(found) if found is not None and found.is_file() else None
+    if tokenizer is not None and own is not None and tokenizer != own:
+        check_same_tokenizer(tokenizer, own)
+    tokenizer = tokenizer or own
+    if tokenizer is None:
+        raise ValueError(
+            "--tokenizer is needed: the model was not trained on text with a known tokenizer; "
+            "give bytes, a tokenizer.json or a hub id (e.g. EleutherAI/gpt-neox-20b)"
+        )
+    text = TextTokenizer(tokenizer)
+    if text.vocab_size > model.vocab_size:
+        raise ValueError(
+            f"--tokenizer={tokenizer} has {text.vocab_size} tokens, more than the model's "
+            f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
+        )
+    return model, text
+
+
+def check_same_tokenizer(given: str, own: str) -> None:
+    """--tokenizer must be the one the weights were trained with (the same tokenizer.json, or
+    bytes for bytes): another maps text to other ids, and the output would be noise. An own
+    tokenizer that can no longer be read (moved, offline) leaves the choice to --tokenizer."""
+    try:
+        expected = TextTokenizer(own).fingerprint
+    except FileNotFoundError:
+        return
+    if TextTokenizer(given).fingerprint != expected:
+        raise ValueError(
+            f"--tokenizer={given} is not the tokenizer this model was trained with ({own}); "
+            "leave --tokenizer out to use that one"
+        )

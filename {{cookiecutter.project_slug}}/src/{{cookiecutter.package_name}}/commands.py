@@ -10,7 +10,6 @@ They load a model and use it; no Trainer is involved. cli.main runs them and tur
 into one line and exit 2, as for fit.
 """
 
-import argparse
 import datetime
 import importlib
 import json
@@ -23,20 +22,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Trained, load_trained
+from .checkpoint import Trained, language_model, load_trained
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
+from .errors import CommandParser
 from .model import MambaLM
-
-
-class CommandParser(argparse.ArgumentParser):
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)  # --sample is not --samples
-
-    def error(self, message: str):
-        """One line, exit 2, like every other bad input (argparse would add its usage)."""
-        print(f"error: {self.prog.split()[-1]}: {message}; see --help", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def export(argv: list[str]) -> None:
@@ -65,67 +55,6 @@ def export(argv: list[str]) -> None:
         shutil.copyfile(tokenizer, out / "tokenizer.json")
     shipped = " with its tokenizer.json" if tokenizer is not None else ""
     print(f"wrote {out} ({args.format} format){shipped}")
-
-
-def language_model(
-    command: str,
-    ckpt_path: str | None,
-    pretrained: str | None,
-    revision: str | None = None,
-    tokenizer: str | None = None,
-    impl: str = "auto",
-):
-    """The MambaLM of a fit checkpoint or of published weights, and its tokenizer: `tokenizer`,
-    else the one the checkpoint was trained with, else the tokenizer.json shipped beside the
-    weights. Returns (model, data.text.TextTokenizer)."""
-    from .hub import hub_file, looks_like_path
-
-    own = None  # the tokenizer the weights were trained with, where that is known
-    if ckpt_path is not None:
-        trained = load_trained(ckpt_path, impl)
-        model, own = trained.net, trained.tokenizer
-        if not isinstance(model, MambaLM):
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; {command} needs a "
-                "language model (MambaLM)"
-            )
-    else:
-        model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
-        folder = Path(pretrained).expanduser()
-        found = folder / "tokenizer.json" if folder.is_dir() else None
-        if found is None and tokenizer is None and not looks_like_path(pretrained):
-            found = hub_file(pretrained, "tokenizer.json", revision, required=False)
-        own = str(found) if found is not None and found.is_file() else None
-    if tokenizer is not None and own is not None and tokenizer != own:
-        check_same_tokenizer(tokenizer, own)
-    tokenizer = tokenizer or own
-    if tokenizer is None:
-        raise ValueError(
-            "--tokenizer is needed: the model was not trained on text with a known tokenizer; "
-            "give bytes, a tokenizer.json or a hub id (e.g. EleutherAI/gpt-neox-20b)"
-        )
-    text = TextTokenizer(tokenizer)
-    if text.vocab_size > model.vocab_size:
-        raise ValueError(
-            f"--tokenizer={tokenizer} has {text.vocab_size} tokens, more than the model's "
-            f"vocabulary of {model.vocab_size}; use the tokenizer it was trained with"
-        )
-    return model, text
-
-
-def check_same_tokenizer(given: str, own: str) -> None:
-    """--tokenizer must be the one the weights were trained with (the same tokenizer.json, or
-    bytes for bytes): another maps text to other ids, and the output would be noise. An own
-    tokenizer that can no longer be read (moved, offline) leaves the choice to --tokenizer."""
-    try:
-        expected = TextTokenizer(own).fingerprint
-    except FileNotFoundError:
-        return
-    if TextTokenizer(given).fingerprint != expected:
-        raise ValueError(
-            f"--tokenizer={given} is not the tokenizer this model was trained with ({own}); "
-            "leave --tokenizer out to use that one"
-        )
 
 
 def generate(argv: list[str]) -> None:

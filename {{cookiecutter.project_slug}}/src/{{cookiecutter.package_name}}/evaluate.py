@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import language_model
+from .errors import CommandParser
 from .runid import checkpoint_path
 
 try:
@@ -79,8 +81,6 @@ class HarnessLM(TemplateLM):
                 f"batch_size={batch_size} and max_length={max_length} must be integers >= 1 and "
                 ">= 2 (batch_size=auto is not supported)"
             )
-        from .commands import language_model  # commands.py imports this module lazily
-
         model, self.text = language_model(
             "evaluate", ckpt_path, pretrained, revision, tokenizer, impl
         )
@@ -209,8 +209,6 @@ if register_model is not None:
 
 def evaluate(argv: list[str]) -> None:
     """Score a trained or pretrained language model on lm-evaluation-harness tasks."""
-    from .commands import CommandParser  # here: commands.py lists this command
-
     parser = CommandParser(
         prog=f"python -m {__package__} evaluate", description=evaluate.__doc__.split("\n")[0]
     )
