@@ -384,12 +384,13 @@ def mamba3_mimo(
     chunk_size, rotary_dim_divisor, dtype, return_state=False, *, kernels: bool,
 ):  # fmt: skip
     """Mamba-3 (MIMO) with mamba-ssm's `mamba3_mimo` arguments and results. Its fused kernel
-    needs TileLang, which the pinned image does not install: the plain-PyTorch scan runs."""
+    (TileLang; the image installs the pinned tilelang because mamba-ssm requires it) has not
+    been verified against this scan on a GPU, so the plain-PyTorch scan runs everywhere."""
     args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, Angles, D, Z)
     if _fused(kernels, V):
         _say_once(
             "Mamba-3 MIMO runs its plain-PyTorch scan on the GPU (slow): its fused kernel "
-            "(TileLang) is not part of the tested GPU stack"
+            "(TileLang) is not verified against it"
         )
     return scan.mamba3_mimo_scan(
         *args, chunk_size, rotary_dim_divisor, dtype, return_state=return_state
