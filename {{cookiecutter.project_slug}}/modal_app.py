@@ -49,7 +49,7 @@ import modal.experimental
 
 try:
     from {{ cookiecutter.package_name }} import launch
-    from {{ cookiecutter.package_name }}.runid import checkpoint_path
+    from {{ cookiecutter.package_name }}.runid import checkpoint_path, pretrained_folder
 except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
     print(
         f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
@@ -431,6 +431,24 @@ def extrapolate(run_id: str, lengths: str = "2^6..2^20", checkpoint: str = "last
         raise SystemExit(code)  # the command printed its one-line reason
 
 
+def evaluate_command(
+    tasks: str, run_id: str, checkpoint: str, pretrained: str, tokenizer: str, limit: str
+) -> list[str]:
+    """`python -m <pkg> evaluate` on a run's checkpoint in the runs Volume (results into
+    runs/<id>/eval) or on published weights (results into runs/eval/<name>). The Hugging Face
+    caches (weights, tokenizer, task data) live on the HF Volume through HF_HOME."""
+    if bool(run_id) == bool(pretrained):
+        raise ValueError("give one of --run-id (a run in the runs Volume) and --pretrained")
+    command = [sys.executable, "-m", PACKAGE, "evaluate", f"--tasks={tasks}"]
+    if run_id:
+        command.append(f"--ckpt_path={checkpoint_path(MOUNTS.runs, run_id, checkpoint)}")
+    else:
+        out = MOUNTS.runs / "eval" / pretrained_folder(pretrained)
+        command += [f"--pretrained={pretrained}", f"--out={out}"]
+    command += [f"--tokenizer={tokenizer}"] if tokenizer else []
+    return command + ([f"--limit={limit}"] if limit else [])
+
+
 @app.function(
     gpu=GPUS, timeout=4 * 3600, volumes={str(MOUNTS.runs): runs_volume, str(MOUNTS.hf): hf_volume}
 )
@@ -448,11 +466,8 @@ def evaluate(
     results JSON into the run's folder in the runs Volume (runs/eval/<name> for --pretrained);
     weights, tokenizers and task data are fetched once into the Hugging Face cache Volume.
     """
-    from {{ cookiecutter.package_name }}.evaluate import modal_command
-
     try:
-        where = (MOUNTS.runs, run_id, checkpoint, pretrained)
-        command = modal_command(tasks, *where, tokenizer=tokenizer, limit=limit)
+        command = evaluate_command(tasks, run_id, checkpoint, pretrained, tokenizer, limit)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -902,14 +902,17 @@ def test_extrapolate_evaluates_a_run_of_the_runs_volume_at_other_lengths(
 def test_evaluate_needs_a_run_or_pretrained_weights_and_asks_for_the_training_gpus(
     monkeypatch, tmp_path, capfd
 ):
-    pytest.importorskip("lm_eval", reason="evaluate needs the eval extra")
-    from {{ cookiecutter.package_name }}.evaluate import modal_command
-
     monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(runs=tmp_path))
     with pytest.raises(SystemExit) as stop:
         modal_app.evaluate.local("lambada_openai")
     assert stop.value.code == 2 and "give one of --run-id" in capfd.readouterr().err
-    command = modal_command("lambada_openai", tmp_path, run_id="lm", checkpoint="last")
+    command = modal_app.evaluate_command("lambada_openai", "lm", "last", "", "", "")
     assert command[-1] == f"--ckpt_path={tmp_path / 'lm' / 'checkpoints' / 'last.ckpt'}"
+    command = modal_app.evaluate_command("piqa", "", "best", "state-spaces/mamba-130m", "", "5")
+    assert command[-3:] == [
+        "--pretrained=state-spaces/mamba-130m",
+        f"--out={tmp_path / 'eval' / 'state-spaces_mamba-130m'}",
+        "--limit=5",
+    ]
     gpus = [gpu for gpu, _ in modal_app.evaluate.info().gpus]
     assert gpus == [g.upper() for g in modal_app.GPUS]

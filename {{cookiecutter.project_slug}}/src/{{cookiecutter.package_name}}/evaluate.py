@@ -25,8 +25,6 @@ import datetime
 import importlib.util
 import json
 import os
-import re
-import sys
 from pathlib import Path
 
 import torch
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 
 from .checkpoint import language_model
 from .errors import CommandParser
-from .runid import checkpoint_path
+from .runid import pretrained_folder
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -292,31 +290,4 @@ def default_out(ckpt_path: str | None, pretrained: str | None) -> Path:
     if ckpt_path is not None:
         folder = Path(ckpt_path).resolve().parent
         return (folder.parent if folder.name == "checkpoints" else folder) / "eval"
-    return Path("eval") / re.sub(r"[^\w.-]+", "_", pretrained.strip("/"))
-
-
-def modal_command(
-    tasks: str,
-    runs: Path,
-    run_id: str = "",
-    checkpoint: str = "best",
-    pretrained: str = "",
-    tokenizer: str = "",
-    limit: str = "",
-    extra: tuple[str, ...] = (),
-) -> list[str]:
-    """`python -m <pkg> evaluate` in a Modal container: a run's checkpoint in the runs Volume
-    (mounted at `runs`), results into runs/<id>/eval; or pretrained weights, results into
-    runs/eval/<name>. The Hugging Face caches (weights, tokenizer, task data) live on the
-    HF Volume through HF_HOME."""
-    if bool(run_id) == bool(pretrained):
-        raise ValueError("give one of --run-id (a run in the runs Volume) and --pretrained")
-    command = [sys.executable, "-m", __package__, "evaluate", f"--tasks={tasks}"]
-    if run_id:
-        command.append(f"--ckpt_path={checkpoint_path(runs, run_id, checkpoint)}")
-    else:
-        out = runs / "eval" / re.sub(r"[^\w.-]+", "_", pretrained.strip("/"))
-        command += [f"--pretrained={pretrained}", f"--out={out}"]
-    command += [f"--tokenizer={tokenizer}"] if tokenizer else []
-    command += [f"--limit={limit}"] if limit else []
-    return [*command, *extra]
+    return Path("eval") / pretrained_folder(pretrained)

@@ -1,5 +1,5 @@
-"""The rule for a run id: it names a folder, so only a safe subset of characters; and where a
-run's checkpoints lie in its folder.
+"""The rule for a run id: it names a folder, so only a safe subset of characters; where a
+run's checkpoints lie in its folder; and the folder that published weights' scores go to.
 
 One rule for both places that take an id: the CLI's `--run.id` (runs.RunConfig) and
 `modal run modal_app.py --run-id` (launch.py, which checks it on your machine before any GPU
@@ -23,3 +23,9 @@ CHECKPOINTS = "checkpoints"  # <run root>/<id>/checkpoints/: last.ckpt, best.ckp
 def checkpoint_path(root: str | Path, run_id: str, name: str) -> Path:
     """<root>/<run_id>/checkpoints/<name>.ckpt, where fit writes a run's checkpoint `name`."""
     return Path(root) / run_id / CHECKPOINTS / f"{name}.ckpt"
+
+
+def pretrained_folder(pretrained: str) -> str:
+    """The folder name for published weights' results (evaluate): the hub id or path, with each
+    run of characters other than letters, digits, '.', '_' and '-' made one '_'."""
+    return re.sub(r"[^\w.-]+", "_", pretrained.strip("/"))
