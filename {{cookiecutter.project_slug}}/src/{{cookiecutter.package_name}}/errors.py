@@ -2,7 +2,8 @@
 
 `input_error` finds the message in what a failed start raised; `explain` rewrites the
 parser's messages where they bury the point (a nested union error, a YAML file called
-"<unicode string>") and adds "did you mean" for a mistyped option.
+"<unicode string>") and adds "did you mean" for a mistyped option. `CommandParser` gives the
+commands beside Lightning's (generate, export, extrapolate, evaluate) the same one-line errors.
 """
 
 import argparse
