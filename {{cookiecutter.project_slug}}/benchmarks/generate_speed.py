@@ -1,6 +1,6 @@
 """Decoding speed on a GPU: MambaLM.generate against mamba-ssm's own generate(cg=True).
 
-    python benchmarks/generate_speed.py                     # every mixer, about 3 minutes
+    python benchmarks/generate_speed.py                     # every mixer, over 5 minutes
     python benchmarks/generate_speed.py --mixers Mamba2 --profile
 
 mamba-130m's shape (24 layers x d_model 768, vocab 50280) with random weights, a prompt of 64
@@ -13,8 +13,10 @@ after a first call that captures the graphs; the median of --repeats calls, take
 mamba-ssm cannot decode under autocast (its float32 state meets bf16 inputs in
 causal_conv1d_update): the autocast rows compare with its bfloat16-weights run, the fastest it
 has. --profile adds, per row, each side's kernels and GPU-busy time per token (torch.profiler
-over graph replays and over the eager step). A last section times the reference twin on the
-CPU against the plain loop generate used to run (forward per token).
+over graph replays and over the eager step). Mamba3 and the hybrid, which mamba-ssm cannot
+decode, get rows of their own beside Mamba2's at prompts of 64 and 1024 tokens (own_rows). A
+last section times the reference twin on the CPU against a plain loop that runs the whole
+forward for each new token.
 
 Writes benchmarks/results/generate_gpu.json and prints a table.
 """
