@@ -267,7 +267,7 @@ def own_rows(mixer: str, repeats: int, prompts, with_profile: bool) -> list[dict
 
 
 def plain_loop(model, ids, max_new_tokens):
-    """What generate ran before: the forward on each new token, no cache allocated ahead."""
+    """The baseline: the whole forward for each new token, no cache allocated ahead."""
     params = InferenceParams(max_seqlen=0, max_batch_size=ids.shape[0])
     logits = model(ids, inference_params=params)[:, -1]
     tokens = [ids]
