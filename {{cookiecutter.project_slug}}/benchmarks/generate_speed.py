@@ -15,8 +15,8 @@ causal_conv1d_update): the autocast rows compare with its bfloat16-weights run, 
 has. --profile adds, per row, each side's kernels and GPU-busy time per token (torch.profiler
 over graph replays and over the eager step). Mamba3 and the hybrid, which mamba-ssm cannot
 decode, get rows of their own beside Mamba2's at prompts of 64 and 1024 tokens (own_rows). A
-last section times the reference twin on the CPU against a plain loop that runs the whole
-forward for each new token.
+last section times the reference twin on the CPU against a plain loop that calls the model's
+forward on each new token (plain_loop).
 
 Writes benchmarks/results/generate_gpu.json and prints a table.
 """
@@ -267,7 +267,8 @@ def own_rows(mixer: str, repeats: int, prompts, with_profile: bool) -> list[dict
 
 
 def plain_loop(model, ids, max_new_tokens):
-    """The baseline: the whole forward for each new token, no cache allocated ahead."""
+    """The baseline: the model's forward called on each new token, its state carried in
+    inference_params, no cache allocated ahead and no graph."""
     params = InferenceParams(max_seqlen=0, max_batch_size=ids.shape[0])
     logits = model(ids, inference_params=params)[:, -1]
     tokens = [ids]
