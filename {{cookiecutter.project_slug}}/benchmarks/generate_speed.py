@@ -234,7 +234,6 @@ def own_rows(mixer: str, repeats: int, prompts, with_profile: bool) -> list[dict
     rows = []
     for dtype in ("fp32", "bf16"):
         model = build(mixer)
-        oracle = model
         if dtype == "bf16":
             model = oracle = model.to(torch.bfloat16)
         else:

@@ -41,7 +41,7 @@ from .errors import input_error
 from .module import MambaModule
 from .pretrained import read_checkpoint
 from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
-from .runid import CHECKPOINTS
+from .runid import CHECKPOINTS, run_folder
 from .runs import (
     LAST,
     AtomicCheckpointIO,
@@ -271,8 +271,7 @@ class MambaCLI(LightningCLI):
         given = self.given_checkpoint
         if given is None:
             return self.run_dir / "predictions" / "init_from.jsonl"
-        run = given.parent.parent if given.parent.name == "checkpoints" else given.parent
-        return run / "predictions" / f"{given.stem}.jsonl"
+        return run_folder(given) / "predictions" / f"{given.stem}.jsonl"
 
     def check_checkpoint_fits(self) -> None:
         """validate, test and predict: a --ckpt_path of another model (another shape, another

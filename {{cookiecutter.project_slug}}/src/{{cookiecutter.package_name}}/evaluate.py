@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .checkpoint import language_model
 from .errors import CommandParser
-from .runid import pretrained_folder
+from .runid import pretrained_folder, run_folder
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -288,6 +288,5 @@ def evaluate(argv: list[str]) -> None:
 def default_out(ckpt_path: str | None, pretrained: str | None) -> Path:
     """runs/<id>/eval for a run's checkpoint, else eval/<the pretrained name>."""
     if ckpt_path is not None:
-        folder = Path(ckpt_path).resolve().parent
-        return (folder.parent if folder.name == "checkpoints" else folder) / "eval"
+        return run_folder(Path(ckpt_path).resolve()) / "eval"
     return Path("eval") / pretrained_folder(pretrained)

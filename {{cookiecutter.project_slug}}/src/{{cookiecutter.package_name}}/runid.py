@@ -1,5 +1,6 @@
 """The rule for a run id: it names a folder, so only a safe subset of characters; where a
-run's checkpoints lie in its folder; and the folder that published weights' scores go to.
+run's checkpoints lie in its folder (and which run a checkpoint is of); and the folder that
+published weights' scores go to.
 
 One rule for both places that take an id: the CLI's `--run.id` (runs.RunConfig) and
 `modal run modal_app.py --run-id` (launch.py, which checks it on your machine before any GPU
@@ -23,6 +24,13 @@ CHECKPOINTS = "checkpoints"  # <run root>/<id>/checkpoints/: last.ckpt, best.ckp
 def checkpoint_path(root: str | Path, run_id: str, name: str) -> Path:
     """<root>/<run_id>/checkpoints/<name>.ckpt, where fit writes a run's checkpoint `name`."""
     return Path(root) / run_id / CHECKPOINTS / f"{name}.ckpt"
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to: <run>/ for <run>/checkpoints/<name>.ckpt, else
+    the checkpoint's own folder."""
+    folder = checkpoint.parent
+    return folder.parent if folder.name == CHECKPOINTS else folder
 
 
 def pretrained_folder(pretrained: str) -> str:
