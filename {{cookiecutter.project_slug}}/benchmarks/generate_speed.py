@@ -229,8 +229,9 @@ def own_rows(mixer: str, repeats: int, prompts, with_profile: bool) -> list[dict
     """A model mamba-ssm cannot decode (Mamba3: its step crashes; a hybrid: its MHA needs
     flash-attn), and Mamba2 beside it: our tokens/s, and whether the greedy tokens are the
     argmax of our own full forward over the decoded sequence. The float32 oracle is the full
-    forward in plain PyTorch (the same weights, impl=reference): Mamba3's Triton kernel computes
-    in bfloat16 inside, so its fused forward is not a float32 answer."""
+    forward in plain PyTorch (the same weights, impl=reference), which a float32 Mamba3 runs
+    anyway (its Triton kernel serves bfloat16 inputs only); the bf16 rows' oracle is the same
+    bf16 model, whose full forward runs the kernel."""
     rows = []
     for dtype in ("fp32", "bf16"):
         model = build(mixer)

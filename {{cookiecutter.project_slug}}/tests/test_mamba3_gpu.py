@@ -7,13 +7,16 @@ printed (`pytest -rP` shows them) and named in a failing assertion. The MIMO ker
 TileLang and mamba-ssm's own decoding step the CuTe DSL; their tests skip without them.
 """
 
+import importlib
 import importlib.util
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.mixers.mamba3 import Mamba3
+from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.scan import mamba3_scan
 
 
@@ -81,19 +84,22 @@ def ours_like(theirs, kernels: bool, **options) -> Mamba3:
     return ours
 
 
-def forward_backward(layer, u: torch.Tensor, grad: torch.Tensor):
-    """Output, input gradient and every parameter's gradient of <layer(u), grad>."""
+def forward_backward(layer, u: torch.Tensor, grad: torch.Tensor, bf16: bool = False):
+    """Output, input gradient and every parameter's gradient of <layer(u), grad>; bf16: under
+    bfloat16 autocast, where our layer runs the kernel (a float32 one takes the scan)."""
     u = u.detach().clone().requires_grad_(True)
-    out = layer(u)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        out = layer(u)
     (out.float() * grad).sum().backward()
     grads = {name: p.grad.detach().clone() for name, p in layer.named_parameters()}
     layer.zero_grad(set_to_none=True)
     return out.detach(), u.grad.detach(), grads
 
 
-def compare_layers(ours, theirs, u, grad, out_tolerance, grad_tolerance, what):
+def compare_layers(ours, theirs, u, grad, out_tolerance, grad_tolerance, what, bf16=False):
+    """bf16: `theirs` runs under bfloat16 autocast."""
     out, du, grads = forward_backward(ours, u.float(), grad)
-    want_out, want_du, want_grads = forward_backward(theirs, u, grad)
+    want_out, want_du, want_grads = forward_backward(theirs, u, grad, bf16)
     assert_close_all({"out": relative_error(out, want_out)}, out_tolerance, f"{what} output")
     errors = {"u": relative_error(du, want_du)}
     errors |= {name: relative_error(grads[name], want_grads[name]) for name in want_grads}
@@ -193,14 +199,35 @@ def test_reference_mixer_matches_mamba_ssms_mixer(length, options):
 
 @pytest.mark.parametrize("length", [100, 300])
 def test_our_kernel_path_matches_our_reference_path(length):
+    """Under bf16 autocast our layer runs the kernel: the float32 reference agrees with it."""
     theirs = mamba_ssm_mamba3(is_outproj_norm=True)
     fused = ours_like(theirs, kernels=True, is_outproj_norm=True)
     reference = ours_like(theirs, kernels=False, is_outproj_norm=True)
     u = torch.randn(2, length, 256, device="cuda")
     grad = torch.randn(2, length, 256, device="cuda")
     compare_layers(
-        reference, fused, u, grad, OUT_TOLERANCE, GRAD_TOLERANCE, f"kernels=True L={length}"
+        reference, fused, u, grad, 5e-2, 1e-1, f"kernels=True bf16 L={length}", bf16=True
     )
+
+
+def test_a_float32_layer_runs_the_scan_not_the_bfloat16_kernel(monkeypatch):
+    """The kernel rounds its inputs to bfloat16: a float32 layer with kernels=True computes
+    what the plain-PyTorch path computes, and the kernel is not called; under bf16 autocast
+    it is."""
+    module = importlib.import_module("mamba_ssm.ops.triton.mamba3.mamba3_siso_combined")
+    calls = []
+    kernel = module.mamba3_siso_combined
+    monkeypatch.setattr(
+        module, "mamba3_siso_combined", lambda *a, **k: calls.append(1) or kernel(*a, **k)
+    )
+    theirs = mamba_ssm_mamba3()
+    fused, reference = ours_like(theirs, kernels=True), ours_like(theirs, kernels=False)
+    u = torch.randn(2, 100, 256, device="cuda")
+    grad = torch.randn(2, 100, 256, device="cuda")
+    compare_layers(reference, fused, u, grad, 1e-5, 1e-5, "float32 kernels=True")
+    assert not calls, "a float32 layer called mamba-ssm's bfloat16 kernel"
+    forward_backward(fused, u, grad, bf16=True)
+    assert calls, "under bf16 autocast the layer did not call mamba-ssm's kernel"
 
 
 # ------------------------------------------------------------------------------ MIMO
@@ -251,18 +278,36 @@ def decode(layer, u: torch.Tensor, prompt: int) -> torch.Tensor:
 )
 @torch.no_grad()
 def test_step_after_prefill_matches_the_full_forward(kernels, options):
-    """With kernels the prompt's final states come from mamba-ssm's kernel and our step runs
-    on them: a k state in another layout (unrotated, scaled) would not continue the output."""
+    """With kernels (under bf16 autocast, where the kernel runs) the prompt's final states come
+    from mamba-ssm's kernel and our step runs on them: a k state in another layout
+    (unrotated, scaled) would not continue the output."""
     torch.manual_seed(0)
     layer = Mamba3(**CONFIG, **options, kernels=kernels, device="cuda")
     perturb(layer)
     u = torch.randn(2, 90, 256, device="cuda")
-    want = layer(u)
-    got = decode(layer, u, prompt=70)
-    tolerance = OUT_TOLERANCE if kernels and not options.get("is_mimo") else 1e-4
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=kernels):
+        want = layer(u).float()
+        got = decode(layer, u, prompt=70).float()
+    tolerance = OUT_TOLERANCE if kernels else 1e-4  # bf16 autocast with kernels
     errors = {"prompt": relative_error(got[:, :70], want[:, :70])}
     errors["steps"] = relative_error(got[:, 70:], want[:, 70:])
     assert_close_all(errors, tolerance, f"decode {options} kernels={kernels}")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@torch.no_grad()
+def test_float32_greedy_tokens_are_the_argmax_of_the_models_own_full_forward(batch):
+    """A float32 Mamba3 LM on the GPU decodes (graph replay) the tokens its own full forward
+    picks at each position: prefill, steps and forward are all float32."""
+    torch.manual_seed(0)
+    config = BackboneConfig(impl="fused", mixer="Mamba3", d_model=256, n_layer=3, d_state=128,
+                            headdim=64, chunk_size=64)  # fmt: skip
+    model = MambaLM(config, vocab_size=512).cuda().eval()
+    ids = torch.randint(0, 512, (batch, 70), generator=torch.Generator().manual_seed(1)).cuda()
+    out = model.generate(ids, 60)
+    want = model(out[:, :-1]).argmax(-1)[:, 69:]  # teacher-forced, at each decoded position
+    agree = (want == out[:, 70:]).float().mean().item()
+    assert agree == 1.0, f"greedy tokens equal the full forward's argmax at {agree:.1%}"
 
 
 def _cute_step() -> bool:

@@ -6,10 +6,12 @@ mamba-ssm's class, at lengths off the chunk grid (100 and 300; chunk 64):
                       and every parameter gradient, relative L2 error (float32 weights)
   fused_vs_composed   Mamba1/Mamba2: the whole-layer kernel against the kernels one by one
   reference_vs_fused  ours in plain PyTorch against ours with the kernels, float32, TF32 off
-Mamba-3's kernel computes in bfloat16 inside (mamba3_siso_combined casts Q, K, V to it), so its
-rows are at bfloat16's precision. MHA (a hybrid's attention: grouped keys and values, the
-convolution over q, k, v and the MLP inside) against mamba-ssm's MHA, without rotary embedding
-(mamba-ssm's needs flash-attn, which the image does not install).
+Mamba-3's kernel computes in bfloat16 inside (mamba3_siso_combined casts Q, K, V to it) and
+serves bfloat16 inputs only (a float32 layer takes the plain-PyTorch scan), so its kernel side
+runs under bfloat16 autocast and its reference_vs_fused row is at bfloat16's precision. MHA
+(a hybrid's attention: grouped keys and values, the convolution over q, k, v and the MLP
+inside) against mamba-ssm's MHA, without rotary embedding (mamba-ssm's needs flash-attn,
+which the image does not install).
 """
 
 import torch
@@ -45,9 +47,10 @@ def _theirs(mixer: str):
     return Mamba3
 
 
-def _run(layer, u, weight):
+def _run(layer, u, weight, bf16=False):
     u = u.clone().requires_grad_(True)
-    out = layer(u)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        out = layer(u)
     (out.float() * weight).sum().backward()
     grads = {n: p.grad.detach().clone() for n, p in layer.named_parameters() if p.grad is not None}
     return out.detach().float(), u.grad.detach().float(), grads
@@ -79,12 +82,13 @@ def section_layers(lengths=(100, 300)) -> dict:
             width = shape.get("d_model", shape.get("embed_dim"))
             u = torch.randn(2, length, width, device="cuda")
             weight = torch.randn(2, length, width, device="cuda")
-            fused = _run(ours, u, weight)
+            bf16 = mixer == "Mamba3"  # its kernel serves bfloat16 inputs only
+            fused = _run(ours, u, weight, bf16)
             row = {}
             try:
                 theirs = _theirs(mixer)(**shape, layer_idx=0).cuda()
                 theirs.load_state_dict(ours.state_dict(), strict=True)
-                row["ours_vs_mamba_ssm"] = _compare(fused, _run(theirs, u, weight))
+                row["ours_vs_mamba_ssm"] = _compare(fused, _run(theirs, u, weight, bf16))
             except Exception as err:  # report and go on with the other rows
                 row["ours_vs_mamba_ssm"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             if mixer in ("Mamba1", "Mamba2"):

@@ -362,9 +362,16 @@ def mamba3_siso(
     chunk_size=64, return_final_states=False, *, kernels: bool,
 ):  # fmt: skip
     """Mamba-3 (SISO) with mamba-ssm's `mamba3_siso_combined` arguments and results; the
-    recurrence is written in scan.py. On a GPU its Triton kernel (Hopper only)."""
+    recurrence is written in scan.py. On a GPU its Triton kernel (Hopper only) for bfloat16
+    inputs (bf16-mixed training, bf16 weights): it rounds Q, K, V, Trap and the angles to
+    bfloat16 inside, so a float32 layer takes the plain-PyTorch scan and stays float32."""
     if _fused(kernels, V):
         problem = mamba3_kernel_problem(V.device)
+        if problem is None and V.dtype != torch.bfloat16:
+            problem = (
+                f"its inputs are {V.dtype} and mamba-ssm's kernel computes in bfloat16 inside; "
+                "use trainer.precision=bf16-mixed (or bf16 weights) for the kernel"
+            )
         if problem is None:
             from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
 
