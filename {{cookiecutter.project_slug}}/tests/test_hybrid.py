@@ -327,20 +327,33 @@ def test_a_hybrid_bamba_cannot_express_is_refused_by_the_hf_export_in_one_line(
     assert not (tmp_path / "hf").exists()
 
 
-# ------------------------------------------------------------------------ HF's Bamba
+# ------------------------------------------------------------- HF's Bamba and Granite 4.0
 
 
-def bamba_folder(path, **config):
-    """A tiny random BambaForCausalLM saved by transformers: Mamba2 layers, GQA attention at
-    layer 1 with RoPE on half of each head, a SwiGLU MLP after every layer."""
+def hf_hybrid_folder(path, family="bamba", **config):
+    """A tiny random BambaForCausalLM, or a dense GraniteMoeHybridForCausalLM, saved by
+    transformers with its defaults except the sizes: Mamba2 layers, GQA attention at layer 1,
+    a SwiGLU MLP after every layer. Bamba turns half of each head by RoPE; this Granite turns
+    whole heads (or none: `position_embedding_type=None`) and has muP multipliers."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     shape = dict(
-        vocab_size=100, hidden_size=64, num_hidden_layers=3, attn_layer_indices=[1],
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, mamba_n_heads=8,
-        mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=8, rms_norm_eps=1e-5,
+        vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, mamba_n_heads=8, mamba_d_state=16, mamba_n_groups=1,
+        mamba_chunk_size=8,
     )  # fmt: skip
-    hf = transformers.BambaForCausalLM(transformers.BambaConfig(**{**shape, **config}))
+    if family == "bamba":
+        shape |= dict(attn_layer_indices=[1], intermediate_size=128)
+        make = transformers.BambaForCausalLM, transformers.BambaConfig
+    else:
+        shape |= dict(
+            layer_types=["mamba", "attention", "mamba"], shared_intermediate_size=128,
+            num_local_experts=0, position_embedding_type="rope", embedding_multiplier=12.0,
+            residual_multiplier=0.22, attention_multiplier=0.2, logits_scaling=6.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )  # fmt: skip
+        make = transformers.GraniteMoeHybridForCausalLM, transformers.GraniteMoeHybridConfig
+    hf = make[0](make[1](**{**shape, **config}))
     with torch.no_grad():  # away from the initialisation's zeros and ones
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -348,12 +361,31 @@ def bamba_folder(path, **config):
     return hf
 
 
-def test_hf_bamba_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path):
-    hf = bamba_folder(tmp_path / "bamba")
-    model = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference").eval()
+HF_HYBRIDS = {  # family -> (transformers class name, model_type, extra config)
+    "bamba": ("BambaForCausalLM", "bamba", {}),
+    "granite": ("GraniteMoeHybridForCausalLM", "granitemoehybrid", {}),
+    "granite_nope": ("GraniteMoeHybridForCausalLM", "granitemoehybrid",
+                     {"position_embedding_type": None}),
+}  # fmt: skip
+
+
+def hf_class(family: str):
+    return getattr(pytest.importorskip("transformers"), HF_HYBRIDS[family][0])
+
+
+@pytest.mark.parametrize("family", list(HF_HYBRIDS))
+def test_hf_hybrid_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path, family):
+    extra = HF_HYBRIDS[family][2]
+    hf = hf_hybrid_folder(tmp_path / "hf", family.split("_")[0], **extra)
+    model = MambaLM.from_pretrained(str(tmp_path / "hf"), impl="reference").eval()
     config = model.backbone.config
     assert config.attn_layer_idx == (1,) and config.d_intermediate == 128
-    assert (config.attn_cfg.num_heads_kv, config.attn_cfg.rotary_emb_dim) == (2, 8)
+    rotary = {"bamba": 8, "granite": 16, "granite_nope": 0}[family]
+    assert (config.attn_cfg.num_heads_kv, config.attn_cfg.rotary_emb_dim) == (2, rotary)
+    if family != "bamba":
+        assert (config.embedding_multiplier, config.residual_multiplier) == (12.0, 0.22)
+        assert (config.logits_scaling, config.attn_cfg.softmax_scale) == (6.0, 0.2)
+        assert config.norm_epsilon == 1e-6  # Granite's default, its Mamba layers' norm too
     ids = torch.randint(0, 100, (2, 13))
     with torch.no_grad():
         want = hf(ids).logits
@@ -362,26 +394,34 @@ def test_hf_bamba_checkpoint_gives_the_logits_of_hf_own_forward(tmp_path):
     out = model.generate(ids[:, :5], max_new_tokens=6)  # and it decodes as its forward reads
     with torch.no_grad():
         assert torch.equal(out[:, 5:], model(out)[:, 4:-1].argmax(-1))
+    if family != "bamba":  # mamba-ssm's config has no muP multipliers nor Granite's epsilon
+        with pytest.raises(ValueError, match=r"^backbone\.norm_epsilon=1e-06[^\n]*format=hf$"):
+            model.save_pretrained(str(tmp_path / "ssm"))
+        assert not (tmp_path / "ssm").exists()
+        return
     # written out in mamba-ssm's format, it is the same model there
     again = MambaLM.from_pretrained(str(model.save_pretrained(str(tmp_path / "ssm"))))
     with torch.no_grad():
         assert torch.equal(again.eval()(ids), got)
 
 
+@pytest.mark.parametrize("family", list(HF_HYBRIDS))
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_a_bamba_checkpoint_goes_back_out_as_one_that_transformers_loads(tmp_path, tied):
-    """Bamba in, changed (as fine-tuning would), Bamba out: transformers reads our export with
-    our logits, and we read it back exactly."""
-    transformers = pytest.importorskip("transformers")
-    bamba_folder(tmp_path / "bamba", tie_word_embeddings=tied)
-    model = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference").eval()
+def test_an_hf_hybrid_checkpoint_goes_back_out_as_one_that_transformers_loads(
+    tmp_path, tied, family
+):
+    """Bamba (or Granite) in, changed (as fine-tuning would), the same family out:
+    transformers reads our export with our logits, and we read it back exactly."""
+    cls, model_type, extra = HF_HYBRIDS[family]
+    hf_hybrid_folder(tmp_path / "hf", family.split("_")[0], tie_word_embeddings=tied, **extra)
+    model = MambaLM.from_pretrained(str(tmp_path / "hf"), impl="reference").eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     model.save_pretrained(str(tmp_path / "out"), format="hf")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == "bamba" and config["tie_word_embeddings"] == tied
-    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert config["model_type"] == model_type and config["tie_word_embeddings"] == tied
+    hf = hf_class(family).from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(0, 100, (2, 13))
     with torch.no_grad():
         ours = model(ids)
@@ -407,36 +447,40 @@ def test_our_own_hybrid_exports_as_a_bamba_checkpoint(tmp_path):
         torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_a_bamba_checkpoint_fine_tunes_from_the_command_line_and_ships_back_as_bamba(tmp_path):
-    """init_from a Bamba folder, 20 steps of fit on text with its tokenizer, export --format hf:
-    transformers reads the export with the trained model's logits, and it carries the
-    tokenizer, so the exported folder generates on its own."""
+@pytest.mark.parametrize("family", ["bamba", "granite"])
+def test_an_hf_hybrid_fine_tunes_from_the_command_line_and_ships_back_in_its_family(
+    tmp_path, family
+):
+    """init_from a Bamba (Granite) folder, 20 steps of fit on text with its tokenizer, export
+    --format hf: transformers reads the export with the trained model's logits, and it
+    carries the tokenizer, so the exported folder generates on its own."""
     from conftest import CORPUS, LANGUAGE_MODEL, QUIET, bpe_tokenizer
     from tokenizers import Tokenizer
 
     from {{ cookiecutter.package_name }}.checkpoint import load_trained
     from {{ cookiecutter.package_name }}.cli import main
 
-    transformers = pytest.importorskip("transformers")
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "a.txt").write_text(CORPUS)
     tokenizer = bpe_tokenizer(tmp_path / "tokenizer.json", vocab_size=300)
     vocab = Tokenizer.from_file(str(tokenizer)).get_vocab_size()
-    bamba_folder(tmp_path / "bamba", vocab_size=vocab)
+    hf_hybrid_folder(tmp_path / "hf", family, vocab_size=vocab)
     main([
         "fit", LANGUAGE_MODEL, *QUIET,
-        f"--model.net.init_from={tmp_path / 'bamba'}", "--model.net.backbone.impl=reference",
+        f"--model.net.init_from={tmp_path / 'hf'}", "--model.net.backbone.impl=reference",
         f"--data={PACKAGE}.data.TextFile", f"--data.path={tmp_path / 'texts'}",
         f"--data.tokenizer={tokenizer}", "--data.seq_len=16", "--data.batch_size=2",
         "--trainer.max_steps=20", f"--run.root={tmp_path / 'runs'}", "--run.id=ft",
     ])  # fmt: skip
     last = tmp_path / "runs" / "ft" / "checkpoints" / "last.ckpt"
     trained = load_trained(last, impl="reference").net.eval()
-    before = MambaLM.from_pretrained(str(tmp_path / "bamba"), impl="reference")
+    before = MambaLM.from_pretrained(str(tmp_path / "hf"), impl="reference")
     assert not torch.equal(trained.lm_head.weight, before.lm_head.weight)  # it was trained
     main(["export", "--ckpt_path", str(last), "--format", "hf", "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "tokenizer.json").is_file()
-    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["model_type"] == HF_HYBRIDS[family][1]
+    hf = hf_class(family).from_pretrained(tmp_path / "out").eval()
     ids = torch.randint(0, vocab, (2, 13))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, trained(ids), rtol=1e-4, atol=1e-4)
@@ -446,9 +490,10 @@ def test_a_bamba_checkpoint_fine_tunes_from_the_command_line_and_ships_back_as_b
     ("config", "feature"),
     [
         ({"model_type": "granitemoehybrid", "num_local_experts": 8}, "mixture-of-experts MLPs"),
+        ({"model_type": "granitemoehybrid"}, "mixture-of-experts MLPs"),  # transformers' 8
         ({"model_type": "falcon_h1"}, "attention and Mamba side by side"),
     ],
-    ids=["moe", "parallel"],
+    ids=["moe", "moe_by_default", "parallel"],
 )
 def test_an_hf_hybrid_this_backbone_cannot_build_stops_in_one_line_writing_nothing(
     tmp_path, capsys, config, feature
@@ -489,7 +534,7 @@ def test_a_hub_checkpoint_is_refused_from_its_config_before_its_weights_are_fetc
 
 
 def test_hf_bamba_with_a_scaled_rope_is_refused_in_one_line(tmp_path):
-    bamba_folder(tmp_path / "bamba")
+    hf_hybrid_folder(tmp_path / "bamba")
     config = json.loads((tmp_path / "bamba" / "config.json").read_text())
     config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     (tmp_path / "bamba" / "config.json").write_text(json.dumps(config))

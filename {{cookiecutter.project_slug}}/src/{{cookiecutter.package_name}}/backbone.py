@@ -83,6 +83,12 @@ class BackboneConfig:
     pad_vocab_size_multiple: int = 8
     attn_layer_idx: tuple[int, ...] = ()  # the layers that are attention (a hybrid), from 0
     attn_cfg: AttnConfig = AttnConfig()  # their shape, in mamba-ssm's names
+    # muP multipliers (IBM's Granite 4.0 hybrids): the embedding is scaled by the first, each
+    # mixer's and MLP's output by the second before it joins the residual stream, and the final
+    # norm's output (so the head's logits) divided by the third. 1.0: none, as mamba-ssm.
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     def __post_init__(self):
         positive = (
@@ -100,6 +106,10 @@ class BackboneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"backbone.{name}={value!r} must be a positive integer")
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"backbone.{name}={value!r} must be a positive number (1: none)")
         if self.chunk_size is not None and (
             not isinstance(self.chunk_size, int) or self.chunk_size <= 0
         ):
@@ -259,6 +269,8 @@ def create_block(config: "BackboneConfig", layer_idx: int, kernels: bool, device
         mixer, kwargs = mixers.MHA, config.attn_cfg.kwargs()
     else:
         mixer, kwargs = mixers.MIXERS[config.mixer], config.mixer_kwargs()
+    if mixer is mixers.Mamba2:  # its gated norm uses the model's epsilon, as HF's Mamba2 does
+        kwargs["norm_eps"] = config.norm_epsilon
     mixer_cls = partial(mixer, layer_idx=layer_idx, kernels=kernels, **kwargs, **factory)
     mlp_cls = (
         partial(mixers.GatedMLP, hidden_features=config.d_intermediate, **factory)
@@ -266,7 +278,10 @@ def create_block(config: "BackboneConfig", layer_idx: int, kernels: bool, device
         else nn.Identity
     )
     norm_cls = partial(mixers.RMSNorm, eps=config.norm_epsilon, kernels=kernels, **factory)
-    return mixers.Block(config.d_model, mixer_cls, mlp_cls, norm_cls, config.residual_in_fp32)
+    return mixers.Block(
+        config.d_model, mixer_cls, mlp_cls, norm_cls, config.residual_in_fp32,
+        residual_multiplier=config.residual_multiplier,
+    )  # fmt: skip
 
 
 def _init_weights(module: nn.Module, n_layer: int, n_residuals_per_layer: int) -> None:
@@ -353,9 +368,12 @@ class Backbone(nn.Module):
             # the samples do not interact: the same result, in groups the kernels can launch
             return torch.cat([self(part) for part in inputs.split(per_call)])
         hidden = self.embedding(inputs) if self.embedding is not None else inputs
+        if self.config.embedding_multiplier != 1:
+            hidden = hidden * self.config.embedding_multiplier
         residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, inference_params=inference_params)
-        return self.norm_f(
+        hidden = self.norm_f(
             hidden, residual=residual, prenorm=False, residual_in_fp32=self.residual_in_fp32
         )
+        return hidden if self.config.logits_scaling == 1 else hidden / self.config.logits_scaling

@@ -16,9 +16,14 @@ The published Mamba checkpoints come in two layouts, and both load into our back
                default), none when it is tied.
     bamba      HF's hybrid (model_type bamba, ibm-fms/Bamba-9B): Mamba2 layers and attention at
                `attn_layer_indices`, a SwiGLU MLP after every layer, RoPE on half of each head.
-               Read only: its names are mapped to ours (`model.layers.3.self_attn.q_proj`,
-               `k_proj`, `v_proj` -> `backbone.layers.3.mixer.in_proj`; `feed_forward.up_proj`,
-               `gate_proj` -> `mlp.fc1`; ...).
+               Its names are mapped to ours (`model.layers.3.self_attn.q_proj`, `k_proj`,
+               `v_proj` -> `backbone.layers.3.mixer.in_proj`; `feed_forward.up_proj`,
+               `gate_proj` -> `mlp.fc1`; ...), and back on export.
+    granite    HF's dense GraniteMoeHybrid (model_type granitemoehybrid, IBM's Granite 4.0 H
+               models without experts): Bamba's layers under `layer_types`, the MLP as one
+               `shared_mlp.input_linear`, RoPE over whole heads or none, and muP multipliers
+               (backbone.embedding_multiplier, residual_multiplier, logits_scaling; the
+               attention's is its softmax_scale). Mixture-of-experts checkpoints are refused.
 
 A name is a local folder when one exists under that name, else a hub id: huggingface_hub fetches
 the files into its cache (under HF_HOME; on Modal a Volume, so containers fetch them once),
@@ -112,7 +117,7 @@ class Checkpoint:
     """A pretrained checkpoint located and its config read; the weights are read on demand."""
 
     source: str  # what the user named, for messages
-    format: str  # mamba_ssm | hf
+    format: str  # mamba_ssm | hf | bamba | granite
     fixed: dict  # the BackboneConfig fields its weights fix
     vocab_size: int  # the vocabulary its config states
     rows: int  # the rows of its embedding (vocab_size padded, in mamba-ssm's format)
@@ -187,8 +192,8 @@ class Checkpoint:
                 state.update(load_file(path))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True))
-        if self.format == "bamba":
-            state = _from_bamba_names(state)
+        if self.format in HYBRID_LAYOUTS:
+            state = _from_hf_hybrid_names(state, self.format)
         embedding = (
             "backbone.embeddings.weight" if self.format == "hf" else "backbone.embedding.weight"
         )
@@ -299,13 +304,13 @@ def _interpret(config: dict, source: str) -> tuple[str, tuple]:
     if kind == "bamba":
         return "bamba", _from_bamba(config, source)
     if kind == "granitemoehybrid":
-        experts = config.get("num_local_experts", 0)
-        feature = (
-            f"mixture-of-experts MLPs (num_local_experts={experts})"
-            if experts
-            else "muP multipliers on the embedding, the residual and the logits"
-        )
-        raise ValueError(f"{source}: a GraniteMoeHybrid checkpoint has {feature}; not supported")
+        experts = config.get("num_local_experts", 8)  # transformers' default
+        if experts:
+            raise ValueError(
+                f"{source}: a GraniteMoeHybrid checkpoint with mixture-of-experts MLPs "
+                f"(num_local_experts={experts}) is not supported; the dense ones (0) are"
+            )
+        return "granite", _from_granite(config, source)
     if kind in OTHER_HYBRIDS:
         raise ValueError(f"{source}: a {kind} checkpoint has {OTHER_HYBRIDS[kind]}; not supported")
     if kind is not None:
@@ -314,7 +319,8 @@ def _interpret(config: dict, source: str) -> tuple[str, tuple]:
         return "mamba_ssm", _from_mamba_ssm(config, source)
     raise ValueError(
         f"{source}: config.json is neither mamba-ssm's (d_model, n_layer, ...) nor HF "
-        "transformers' (model_type mamba, mamba2 or bamba); not a Mamba checkpoint"
+        "transformers' (model_type mamba, mamba2, bamba or granitemoehybrid); not a Mamba "
+        "checkpoint"
     )
 
 
@@ -399,8 +405,6 @@ def _from_hf(config: dict, source: str) -> tuple[dict, int, int, bool, int | Non
             source,
             f"num_heads={heads} x head_dim={headdim} is not expand x hidden_size",
         )
-        # mamba-ssm (and so our twin) normalises the gated output with 1e-5, HF with this
-        _require(fixed["norm_epsilon"] == 1e-5, source, "layer_norm_epsilon is not 1e-5")
         limit = config.get("time_step_limit", COMPUTE["dt_limit"])
         _require(_same(limit, COMPUTE["dt_limit"]), source, f"time_step_limit={limit}")
         fixed.update(mixer="Mamba2", headdim=headdim, ngroups=get("n_groups"))
@@ -409,8 +413,9 @@ def _from_hf(config: dict, source: str) -> tuple[dict, int, int, bool, int | Non
     return fixed, config["vocab_size"], config["vocab_size"], tied, chunk
 
 
-def _from_bamba(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
-    """BambaConfig's fields as ours: the Mamba2 layers', the attention's, the MLP's."""
+def _hf_hybrid_fields(config: dict, source: str, eps: float, mlp: int) -> dict:
+    """The fields Bamba's and Granite's configs share, as ours: the Mamba2 layers (mamba_*),
+    the norms' epsilon and the SwiGLU MLP after every layer (`mlp` wide)."""
     get = config.get
     d_model, heads = config["hidden_size"], get("mamba_n_heads", 128)
     expand = get("mamba_expand", 2)
@@ -424,25 +429,10 @@ def _from_bamba(config: dict, source: str) -> tuple[dict, int, int, bool, int | 
     _require(not get("mlp_bias", False), source, "mlp_bias=true")
     limit = get("time_step_limit", COMPUTE["dt_limit"])
     _require(_same(limit, COMPUTE["dt_limit"]), source, f"time_step_limit={limit}")
-    # Mamba2's gated norm uses 1e-5 in mamba-ssm and in our twin; Bamba uses rms_norm_eps
-    _require(get("rms_norm_eps", 1e-5) == 1e-5, source, "rms_norm_eps is not 1e-5")
-    mlp = get("intermediate_size", 14336)
-    _require(mlp % 128 == 0, source, f"intermediate_size={mlp} is not a multiple of 128")
+    _require(mlp % 128 == 0, source, f"its MLP width {mlp} is not a multiple of 128")
     rope = get("rope_parameters") or {}
     _require(rope.get("rope_type", "default") == "default", source, "a scaled RoPE")
-    heads_q = get("num_attention_heads", 32)
-    head_dim = get("head_dim") or d_model // heads_q
-    bias = get("attention_bias", False)
-    attn_cfg = AttnConfig(
-        num_heads=heads_q,
-        num_heads_kv=get("num_key_value_heads") or heads_q,
-        head_dim=head_dim,
-        qkv_proj_bias=bias,
-        out_proj_bias=bias,
-        rotary_emb_dim=int(head_dim * 0.5),  # BambaConfig fixes partial_rotary_factor at 0.5
-        rotary_emb_base=float(rope.get("rope_theta", get("rope_theta", 10000.0))),
-    )
-    fixed = {
+    return {
         "mixer": "Mamba2",
         "d_model": d_model,
         "n_layer": config["num_hidden_layers"],
@@ -452,36 +442,122 @@ def _from_bamba(config: dict, source: str) -> tuple[dict, int, int, bool, int | 
         "expand": expand,
         "headdim": headdim,
         "ngroups": get("mamba_n_groups", 1),
-        "norm_epsilon": 1e-5,
-        "attn_layer_idx": tuple(get("attn_layer_indices") or ()),
-        "attn_cfg": attn_cfg,
+        "norm_epsilon": eps,  # every norm, the Mamba2 layers' gated one too
+    }
+
+
+def _hf_attention(config: dict, rotary_share: float, softmax_scale: float | None) -> AttnConfig:
+    """Bamba's and Granite's attention layers (q, k, v, o projections, GQA) as mamba-ssm's."""
+    get = config.get
+    heads = get("num_attention_heads", 32)
+    head_dim = get("head_dim") or config["hidden_size"] // heads
+    rope = get("rope_parameters") or {}
+    return AttnConfig(
+        num_heads=heads,
+        num_heads_kv=get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        qkv_proj_bias=get("attention_bias", False),
+        out_proj_bias=get("attention_bias", False),
+        softmax_scale=softmax_scale,
+        rotary_emb_dim=int(head_dim * rotary_share),
+        rotary_emb_base=float(rope.get("rope_theta", get("rope_theta", 10000.0))),
+    )
+
+
+def _from_bamba(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
+    """BambaConfig's fields as ours: the Mamba2 layers', the attention's, the MLP's."""
+    get = config.get
+    fixed = _hf_hybrid_fields(
+        config, source, get("rms_norm_eps", 1e-5), get("intermediate_size", 14336)
+    )
+    fixed["attn_layer_idx"] = tuple(get("attn_layer_indices") or ())
+    # BambaConfig fixes partial_rotary_factor at 0.5
+    fixed["attn_cfg"] = _hf_attention(config, rotary_share=0.5, softmax_scale=None)
+    vocab, tied = config["vocab_size"], get("tie_word_embeddings", False)
+    return fixed, vocab, vocab, tied, get("mamba_chunk_size", 256)
+
+
+GRANITE_KINDS = {"mamba": False, "linear_attention": False, "attention": True,
+                 "full_attention": True}  # fmt: skip
+
+
+def _from_granite(config: dict, source: str) -> tuple[dict, int, int, bool, int | None]:
+    """A dense GraniteMoeHybridConfig (IBM's Granite 4.0 hybrids) as ours: Bamba's layers with
+    muP multipliers, `layer_types` naming the attention layers, RoPE over whole heads or none."""
+    get = config.get
+    fixed = _hf_hybrid_fields(
+        config, source, get("rms_norm_eps", 1e-6), get("shared_intermediate_size", 1024)
+    )
+    kinds = get("layer_types") or get("layers_block_type") or ["mamba"] * fixed["n_layer"]
+    unknown = sorted(set(kinds) - set(GRANITE_KINDS))
+    _require(not unknown, source, f"layer_types has {unknown}")
+    _require(len(kinds) == fixed["n_layer"], source, "layer_types is not one per layer")
+    fixed["attn_layer_idx"] = tuple(i for i, kind in enumerate(kinds) if GRANITE_KINDS[kind])
+    rope = get("position_embedding_type")
+    _require(rope in (None, "nope", "rope"), source, f"position_embedding_type={rope!r}")
+    heads = get("num_attention_heads", 32)
+    _require(get("head_dim") in (None, config["hidden_size"] // heads), source,
+             "head_dim is not hidden_size / num_attention_heads")  # fmt: skip
+    fixed["attn_cfg"] = _hf_attention(
+        config, rotary_share=1.0 if rope == "rope" else 0.0,
+        softmax_scale=float(get("attention_multiplier", 1.0)),
+    )  # fmt: skip
+    fixed |= {
+        "embedding_multiplier": float(get("embedding_multiplier", 1.0)),
+        "residual_multiplier": float(get("residual_multiplier", 1.0)),
+        "logits_scaling": float(get("logits_scaling", 1.0)),
     }
     vocab, tied = config["vocab_size"], get("tie_word_embeddings", False)
     return fixed, vocab, vocab, tied, get("mamba_chunk_size", 256)
 
 
-# Bamba's names -> ours; q, k and v (and up and gate) are concatenated afterwards
-BAMBA_NAMES = [
-    (r"model\.embed_tokens\.", "backbone.embedding."),
-    (r"model\.final_layernorm\.", "backbone.norm_f."),
-    (r"model\.layers\.(\d+)\.input_layernorm\.", r"backbone.layers.\1.norm."),
-    (r"model\.layers\.(\d+)\.pre_ff_layernorm\.", r"backbone.layers.\1.norm2."),
-    (r"model\.layers\.(\d+)\.mamba\.", r"backbone.layers.\1.mixer."),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.", r"backbone.layers.\1.mixer.out_proj."),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.", r"backbone.layers.\1.mixer.in_proj.\2."),
-    (r"model\.layers\.(\d+)\.feed_forward\.down_proj\.", r"backbone.layers.\1.mlp.fc2."),
-    (r"model\.layers\.(\d+)\.feed_forward\.(up|gate)_proj\.", r"backbone.layers.\1.mlp.fc1.\2."),
-]  # fmt: skip
-# the parts of one of our matrices, in the order our layer splits it
-BAMBA_PARTS = {"mixer.in_proj.": ("q", "k", "v"), "mlp.fc1.": ("up", "gate")}
+# Where Bamba and Granite keep what they share with us: the final norm, each layer's second norm
+# and its MLP (input side and output side). Everything else has the same names in both.
+HYBRID_LAYOUTS = {
+    "bamba": {
+        "final_norm": "model.final_layernorm.",
+        "norm2": "pre_ff_layernorm.",
+        "mlp_in": ("feed_forward.up_proj.", "feed_forward.gate_proj."),  # two matrices
+        "mlp_out": "feed_forward.down_proj.",
+    },
+    "granite": {
+        "final_norm": "model.norm.",
+        "norm2": "post_attention_layernorm.",
+        "mlp_in": "shared_mlp.input_linear.",  # one matrix: [gate; up]
+        "mlp_out": "shared_mlp.output_linear.",
+    },
+}
 
 
-def _from_bamba_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A Bamba state_dict under our names: MHA's in_proj is [q; k; v], GatedMLP's fc1 is
-    [up; gate] (it computes fc2(up * silu(gate)), as Bamba's down(silu(gate) * up))."""
+def _hf_hybrid_names(family: str) -> list[tuple[str, str]]:
+    """(pattern, our name) for one family's keys; q, k and v are concatenated afterwards."""
+    layout, layer = HYBRID_LAYOUTS[family], r"model\.layers\.(\d+)\."
+    names = [
+        (r"model\.embed_tokens\.", "backbone.embedding."),
+        (re.escape(layout["final_norm"]), "backbone.norm_f."),
+        (layer + r"input_layernorm\.", r"backbone.layers.\1.norm."),
+        (layer + re.escape(layout["norm2"]), r"backbone.layers.\1.norm2."),
+        (layer + r"mamba\.", r"backbone.layers.\1.mixer."),
+        (layer + r"self_attn\.o_proj\.", r"backbone.layers.\1.mixer.out_proj."),
+        (layer + r"self_attn\.([qkv])_proj\.", r"backbone.layers.\1.mixer.in_proj.\2."),
+        (layer + re.escape(layout["mlp_out"]), r"backbone.layers.\1.mlp.fc2."),
+    ]
+    if isinstance(layout["mlp_in"], tuple):  # up and gate apart
+        for part, prefix in zip(("up", "gate"), layout["mlp_in"], strict=True):
+            names.append((layer + re.escape(prefix), rf"backbone.layers.\1.mlp.fc1.{part}."))
+    else:
+        names.append((layer + re.escape(layout["mlp_in"]), r"backbone.layers.\1.mlp.fc1."))
+    return names
+
+
+def _from_hf_hybrid_names(state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+    """A Bamba or Granite state_dict under our names. MHA's in_proj is [q; k; v]; GatedMLP's
+    fc1 is [up; gate], as it computes fc2(up * silu(gate)): Bamba's up_proj and gate_proj
+    stacked, Granite's input_linear ([gate; up]) with its halves swapped."""
+    layout, names = HYBRID_LAYOUTS[family], _hf_hybrid_names(family)
     renamed = {}
     for key, value in state.items():
-        for pattern, name in BAMBA_NAMES:
+        for pattern, name in names:
             if re.match(pattern, key):
                 key = re.sub(pattern, name, key, count=1)
                 break
@@ -489,8 +565,12 @@ def _from_bamba_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
     for key in [k for k in renamed if k.endswith((".q.weight", ".q.bias", ".up.weight"))]:
         stem, part, kind = key.rsplit(".", 2)
         prefix = stem + "."
-        parts = next(p for suffix, p in BAMBA_PARTS.items() if prefix.endswith(suffix))
+        parts = ("q", "k", "v") if part == "q" else ("up", "gate")
         renamed[prefix + kind] = torch.cat([renamed.pop(f"{prefix}{p}.{kind}") for p in parts])
+    if not isinstance(layout["mlp_in"], tuple):
+        for key in [k for k in renamed if k.endswith(".mlp.fc1.weight")]:
+            gate, up = renamed[key].chunk(2)
+            renamed[key] = torch.cat([up, gate])
     return renamed
 
 
@@ -499,26 +579,54 @@ def _not_bamba(config: BackboneConfig) -> str | None:
     attn = config.attn_cfg
     head_dim, _ = attn.sizes(config.d_model)
     checks = [
-        (config.mixer == "Mamba2", f"backbone.mixer={config.mixer} (Bamba's layers are Mamba2)"),
-        (config.d_intermediate > 0, "backbone.d_intermediate=0 (Bamba has an MLP in each layer)"),
-        (config.norm_epsilon == 1e-5, f"backbone.norm_epsilon={config.norm_epsilon}"),
+        *_not_hf_hybrid(config),
         (not config.attn_layer_idx or (
             attn.rotary_emb_dim == head_dim // 2 and not attn.rotary_emb_interleaved),
          f"attn_cfg.rotary_emb_dim={attn.rotary_emb_dim} (Bamba turns half of each head: "
          f"{head_dim // 2}, in halves)"),
-        (not config.attn_layer_idx or attn.d_conv == 0, f"attn_cfg.d_conv={attn.d_conv}"),
-        (not config.attn_layer_idx or attn.mlp_dim == 0, f"attn_cfg.mlp_dim={attn.mlp_dim}"),
-        (not config.attn_layer_idx or attn.qkv_proj_bias == attn.out_proj_bias,
-         "attn_cfg.qkv_proj_bias differs from out_proj_bias"),
         (not config.attn_layer_idx or attn.softmax_scale is None,
          f"attn_cfg.softmax_scale={attn.softmax_scale}"),
+        *((getattr(config, name) == 1, f"backbone.{name}={getattr(config, name)} (muP)")
+          for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling")),
     ]  # fmt: skip
     return next((problem for ok, problem in checks if not ok), None)
 
 
-def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[str, Tensor]:
-    """Our HF-named state (backbone.embeddings, ...) under Bamba's names: MHA's in_proj split
-    into q, k and v, GatedMLP's fc1 into up and gate."""
+def _not_granite(config: BackboneConfig) -> str | None:
+    """What in a model with attention or an MLP a dense Granite config cannot say, if anything."""
+    attn = config.attn_cfg
+    head_dim, _ = attn.sizes(config.d_model)
+    checks = [
+        *_not_hf_hybrid(config),
+        (not config.attn_layer_idx or (
+            attn.rotary_emb_dim in (0, head_dim) and not attn.rotary_emb_interleaved),
+         f"attn_cfg.rotary_emb_dim={attn.rotary_emb_dim} (Granite turns whole heads, "
+         f"{head_dim}, in halves, or none)"),
+        (not config.attn_layer_idx or head_dim * attn.num_heads == config.d_model,
+         f"attn_cfg.head_dim={head_dim} (Granite's heads split d_model={config.d_model})"),
+    ]  # fmt: skip
+    return next((problem for ok, problem in checks if not ok), None)
+
+
+def _not_hf_hybrid(config: BackboneConfig) -> list[tuple[bool, str]]:
+    """The checks Bamba and Granite share: Mamba2 layers, an MLP after each, plain attention."""
+    attn = config.attn_cfg
+    return [
+        (config.mixer == "Mamba2", f"backbone.mixer={config.mixer} (their layers are Mamba2)"),
+        (config.d_intermediate > 0, "backbone.d_intermediate=0 (they have an MLP in each layer)"),
+        (not config.attn_layer_idx or attn.d_conv == 0, f"attn_cfg.d_conv={attn.d_conv}"),
+        (not config.attn_layer_idx or attn.mlp_dim == 0, f"attn_cfg.mlp_dim={attn.mlp_dim}"),
+        (not config.attn_layer_idx or attn.qkv_proj_bias == attn.out_proj_bias,
+         "attn_cfg.qkv_proj_bias differs from out_proj_bias"),
+    ]  # fmt: skip
+
+
+def _to_hf_hybrid_names(
+    state: dict[str, Tensor], config: BackboneConfig, family: str
+) -> dict[str, Tensor]:
+    """Our HF-named state (backbone.embeddings, ...) under Bamba's or Granite's names: MHA's
+    in_proj split into q, k and v, GatedMLP's fc1 into the family's MLP input."""
+    layout = HYBRID_LAYOUTS[family]
     attn = config.attn_cfg
     head_dim, heads_kv = attn.sizes(config.d_model)
     q, kv = attn.num_heads * head_dim, heads_kv * head_dim
@@ -527,21 +635,24 @@ def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[st
         if key == "backbone.embeddings.weight":
             out["model.embed_tokens.weight"] = value
         elif key.startswith("backbone.norm_f."):
-            out[key.replace("backbone.norm_f.", "model.final_layernorm.")] = value
+            out[key.replace("backbone.norm_f.", layout["final_norm"])] = value
         elif key == "lm_head.weight":
             out[key] = value
         else:
             layer, part, rest = re.fullmatch(r"backbone\.layers\.(\d+)\.(\w+)\.(.*)", key).groups()
             base = f"model.layers.{layer}."
             if part in ("norm", "norm2"):
-                norm = "input_layernorm." if part == "norm" else "pre_ff_layernorm."
+                norm = "input_layernorm." if part == "norm" else layout["norm2"]
                 out[base + norm + rest] = value
             elif part == "mlp" and rest.startswith("fc1."):
                 up, gate = value.chunk(2)
-                out[base + "feed_forward.up_proj." + rest[4:]] = up
-                out[base + "feed_forward.gate_proj." + rest[4:]] = gate
+                if isinstance(layout["mlp_in"], tuple):
+                    out[base + layout["mlp_in"][0] + rest[4:]] = up
+                    out[base + layout["mlp_in"][1] + rest[4:]] = gate
+                else:
+                    out[base + layout["mlp_in"] + rest[4:]] = torch.cat([gate, up])
             elif part == "mlp":
-                out[base + "feed_forward.down_proj." + rest[4:]] = value
+                out[base + layout["mlp_out"] + rest[4:]] = value
             elif int(layer) not in config.attn_layer_idx:
                 out[base + "mamba." + rest] = value
             elif rest.startswith("in_proj."):
@@ -553,21 +664,22 @@ def _to_bamba_names(state: dict[str, Tensor], config: BackboneConfig) -> dict[st
     return out
 
 
-def _bamba_config(config: BackboneConfig, vocab_size: int, tied: bool, mlp: int) -> dict:
+MUP = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
+
+
+def _hf_hybrid_config(
+    config: BackboneConfig, vocab_size: int, tied: bool, mlp: int, family: str
+) -> dict:
+    """config.json of a BambaForCausalLM or a dense GraniteMoeHybridForCausalLM."""
     attn = config.attn_cfg
     head_dim, heads_kv = attn.sizes(config.d_model)
-    return {
-        "architectures": ["BambaForCausalLM"],
-        "model_type": "bamba",
+    common = {
         "vocab_size": vocab_size,
         "tie_word_embeddings": tied,
         "hidden_size": config.d_model,
-        "intermediate_size": mlp,  # GatedMLP's width: d_intermediate rounded up
         "num_hidden_layers": config.n_layer,
-        "attn_layer_indices": list(config.attn_layer_idx),
         "num_attention_heads": attn.num_heads,
         "num_key_value_heads": heads_kv,
-        "head_dim": head_dim,
         "attention_bias": attn.qkv_proj_bias,
         "rope_parameters": {"rope_type": "default", "rope_theta": attn.rotary_emb_base},
         "mamba_n_heads": config.expand * config.d_model // config.headdim,
@@ -579,9 +691,31 @@ def _bamba_config(config: BackboneConfig, vocab_size: int, tied: bool, mlp: int)
         "mamba_chunk_size": config.chunk,
         "mamba_conv_bias": True,
         "mamba_proj_bias": False,
-        "mlp_bias": False,
         "hidden_act": "silu",
         "rms_norm_eps": config.norm_epsilon,
+    }
+    if family == "bamba":
+        return {
+            "architectures": ["BambaForCausalLM"],
+            "model_type": "bamba",
+            **common,
+            "intermediate_size": mlp,  # GatedMLP's width: d_intermediate rounded up
+            "attn_layer_indices": list(config.attn_layer_idx),
+            "head_dim": head_dim,
+            "mlp_bias": False,
+        }
+    attention = set(config.attn_layer_idx)
+    return {
+        "architectures": ["GraniteMoeHybridForCausalLM"],
+        "model_type": "granitemoehybrid",
+        **common,
+        "layer_types": ["attention" if i in attention else "mamba" for i in range(config.n_layer)],
+        "position_embedding_type": "rope" if attn.rotary_emb_dim else None,
+        "attention_multiplier": attn.softmax_scale or head_dim**-0.5,
+        **{name: getattr(config, name) for name in MUP},
+        "num_local_experts": 0,
+        "shared_intermediate_size": mlp,
+        "intermediate_size": mlp,
     }
 
 
@@ -601,9 +735,10 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
 
     mamba_ssm: loads with `MambaLMHeadModel.from_pretrained(dir)` (the embedding keeps its
     padded rows, as mamba-ssm builds it). hf: loads with `MambaForCausalLM` or
-    `Mamba2ForCausalLM.from_pretrained(dir)`; the vocabulary rows are cut to the true
-    vocabulary, so HF's logits cover real tokens only. Everything is checked before anything
-    is written.
+    `Mamba2ForCausalLM.from_pretrained(dir)`, a hybrid (attention or MLPs) with
+    `BambaForCausalLM` or, where Bamba cannot say it (muP multipliers, RoPE over whole heads or
+    none), `GraniteMoeHybridForCausalLM`; the vocabulary rows are cut to the true vocabulary,
+    so HF's logits cover real tokens only. Everything is checked before anything is written.
     """
     config: BackboneConfig = model.backbone.config
     if format == "hf" and config.mixer == "Mamba3":
@@ -611,16 +746,26 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
             "backbone.mixer=Mamba3: HF transformers has no Mamba-3 model; export this model "
             "with format=mamba_ssm"
         )
-    bamba = format == "hf" and bool(config.attn_layer_idx or config.d_intermediate)
-    if bamba and (problem := _not_bamba(config)):
-        raise ValueError(
-            f"{problem}: HF's Mamba models have neither attention nor an MLP, and its Bamba "
-            "(their hybrid) cannot express this; export this model with format=mamba_ssm"
-        )
+    mup = [f"backbone.{name}={getattr(config, name)}" for name in MUP if getattr(config, name) != 1]
+    family = None  # HF's hybrid class: Bamba where it can say the model, else Granite 4.0
+    if format == "hf" and (config.attn_layer_idx or config.d_intermediate or mup):
+        problems = {"bamba": _not_bamba(config), "granite": _not_granite(config)}
+        family = next((name for name, problem in problems.items() if problem is None), None)
+        if family is None:
+            raise ValueError(
+                f"{problems['bamba']} for Bamba, {problems['granite']} for Granite: HF's Mamba "
+                "models have neither attention nor an MLP, and its hybrids cannot express this "
+                "model; export it with format=mamba_ssm"
+            )
     if format == "mamba_ssm" and config.norm_epsilon != 1e-5:
         raise ValueError(
             f"backbone.norm_epsilon={config.norm_epsilon}: mamba-ssm's config cannot express it "
             "(its norms always use 1e-5); export this model with format=hf"
+        )
+    if format == "mamba_ssm" and mup:
+        raise ValueError(
+            f"{mup[0]}: mamba-ssm's config has no muP multipliers; export this model with "
+            "format=hf (as a Granite 4.0 hybrid)"
         )
     out = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -637,16 +782,16 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
         state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")[:vocab]
         if "lm_head.weight" in state:
             state["lm_head.weight"] = state["lm_head.weight"][:vocab]
-        if bamba:
-            state = _to_bamba_names(state, config)
+        if family:
+            state = _to_hf_hybrid_names(state, config, family)
         state = {k: v.clone() for k, v in state.items()}  # cut rows must not share storage
         save_file(state, out / "model.safetensors", metadata={"format": "pt"})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(out / "model.safetensors", 0o666 & ~umask)  # safetensors writes it 0600
-        if bamba:
-            mlp = state["model.layers.0.feed_forward.down_proj.weight"].shape[1]
-            description = _bamba_config(config, vocab, model.tie_embeddings, mlp)
+        if family:
+            mlp = state[f"model.layers.0.{HYBRID_LAYOUTS[family]['mlp_out']}weight"].shape[1]
+            description = _hf_hybrid_config(config, vocab, model.tie_embeddings, mlp, family)
         else:
             description = _hf_config(config, vocab, model.tie_embeddings)
     (out / "config.json").write_text(json.dumps(description, indent=2) + "\n")

@@ -98,9 +98,13 @@ class Block(nn.Module):
     fused with the next norm, exactly as mamba-ssm's Block does.
     """
 
-    def __init__(self, dim, mixer_cls, mlp_cls, norm_cls=RMSNorm, residual_in_fp32=False):
+    def __init__(
+        self, dim, mixer_cls, mlp_cls, norm_cls=RMSNorm, residual_in_fp32=False,
+        residual_multiplier=1.0,
+    ):  # fmt: skip
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
+        self.residual_multiplier = residual_multiplier  # scales what joins the residual stream
         self.norm = norm_cls(dim)
         self.mixer = mixer_cls(dim)
         if mlp_cls is not nn.Identity:
@@ -113,13 +117,16 @@ class Block(nn.Module):
         hidden_states, residual = self.norm(
             hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32
         )
-        hidden_states = self.mixer(hidden_states, inference_params=inference_params)
+        hidden_states = self._scaled(self.mixer(hidden_states, inference_params=inference_params))
         if self.mlp is not None:
             hidden_states, residual = self.norm2(
                 hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32
             )
-            hidden_states = self.mlp(hidden_states)
+            hidden_states = self._scaled(self.mlp(hidden_states))
         return hidden_states, residual
+
+    def _scaled(self, out: Tensor) -> Tensor:
+        return out if self.residual_multiplier == 1 else out * self.residual_multiplier
 
     def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
         return self.mixer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype)

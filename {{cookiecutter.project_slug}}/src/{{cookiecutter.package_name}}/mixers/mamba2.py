@@ -19,7 +19,8 @@ class Mamba2(RecurrentMixer):
     """The SSD mixer (Mamba2): scalar decay per head, B/C shared within groups of heads.
 
     kernels: use the fused kernels when the input is on a CUDA device (the backbone sets it
-    from backbone.impl); the math is the same either way.
+    from backbone.impl); the math is the same either way. norm_eps: the gated norm's epsilon
+    (mamba-ssm fixes it at 1e-5; HF's Mamba2, Bamba and Granite use the model's).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Mamba2(RecurrentMixer):
         process_group=None,
         sequence_parallel=True,
         kernels: bool = True,
+        norm_eps: float = 1e-5,
         device=None,
         dtype=None,
     ):
@@ -98,9 +100,8 @@ class Mamba2(RecurrentMixer):
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(self.nheads, device=device))
         self.D._no_weight_decay = True
-        self.norm = GatedRMSNorm(
-            self.d_inner, eps=1e-5, group_size=self.d_inner // ngroups, kernels=kernels, **factory
-        )
+        group = self.d_inner // ngroups
+        self.norm = GatedRMSNorm(self.d_inner, norm_eps, group, kernels=kernels, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def _split(self, zxbcdt: Tensor):
