@@ -449,7 +449,7 @@ def test_our_own_hybrid_exports_as_a_bamba_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("family", ["bamba", "granite"])
 def test_an_hf_hybrid_fine_tunes_from_the_command_line_and_ships_back_in_its_family(
-    tmp_path, family
+    tmp_path, family, capsys
 ):
     """init_from a Bamba (Granite) folder, 20 steps of fit on text with its tokenizer, export
     --format hf: transformers reads the export with the trained model's logits, and it
@@ -484,6 +484,13 @@ def test_an_hf_hybrid_fine_tunes_from_the_command_line_and_ships_back_in_its_fam
     ids = torch.randint(0, vocab, (2, 13))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, trained(ids), rtol=1e-4, atol=1e-4)
+    # it generates from its run and from the exported folder alike, with its own tokenizer
+    texts = []
+    for source in (f"--ckpt_path={last}", f"--pretrained={tmp_path / 'out'}"):
+        capsys.readouterr()
+        main(["generate", source, "--prompt=the cat", "--max_new_tokens=5"])
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and "the cat" in texts[0]
 
 
 @pytest.mark.parametrize(
