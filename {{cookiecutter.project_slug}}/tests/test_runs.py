@@ -8,6 +8,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -222,6 +223,17 @@ def test_progress_written_to_a_pipe_is_whole_lines_counted_from_the_run_step(tmp
         assert "\r" not in done.stdout and max(map(len, done.stdout.splitlines())) < 200
     lines = [line for line in done.stdout.splitlines() if line.startswith("step ")]
     assert lines[0].startswith("step 100/100 | train/loss ") and "steps/s" in lines[0], lines
+
+
+def test_the_terminal_bar_shows_the_training_loss_it_reads_when_it_draws():
+    from {{ cookiecutter.package_name }}.progress import Bar
+
+    trainer = SimpleNamespace(
+        loggers=[],
+        progress_bar_metrics={"val/loss": 1.5},
+        callback_metrics={"train/loss": torch.tensor(2.5)},
+    )
+    assert Bar().get_metrics(trainer, None) == {"train/loss": 2.5, "val/loss": 1.5}
 
 
 def test_resuming_under_another_number_of_processes_is_refused(trained, capsys):

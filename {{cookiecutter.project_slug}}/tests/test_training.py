@@ -168,6 +168,25 @@ def test_throughput_is_logged_in_tokens_and_flops(tmp_path):
     assert logged["train/device/flops_per_sec"] == pytest.approx(6 * weights * tokens_per_s)
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_training_puts_no_value_in_the_progress_bar_to_be_read_back_each_step(
+    task, tmp_path, monkeypatch
+):
+    """Lightning turns each progress-bar value into a Python number after every step: on a
+    GPU a host sync that keeps the CPU from queueing the next step. Training puts no value
+    there; the line progress (a pipe) reads the loss itself when it prints."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    reads, convert = [], result.convert_tensors_to_scalars
+    monkeypatch.setattr(
+        result, "convert_tensors_to_scalars", lambda value: reads.append(value) or convert(value)
+    )
+    model, data = TASKS[task]
+    args = [*model, *data, "--trainer.max_steps=20", "--trainer.limit_val_batches=0"]
+    main(["fit", *args, f"--run.root={tmp_path}"])
+    assert not reads, f"{len(reads)} progress-bar values read back in 20 training steps"
+
+
 @pytest.mark.parametrize(
     "config", sorted((PROJECT / "configs").glob("*.yaml")), ids=lambda p: p.name
 )

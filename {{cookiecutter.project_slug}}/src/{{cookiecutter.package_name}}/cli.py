@@ -28,7 +28,6 @@ from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelSummary,
     ProgressBar,
-    TQDMProgressBar,
 )
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -40,7 +39,7 @@ from .devices import device_settings
 from .errors import input_error
 from .module import MambaModule
 from .pretrained import read_checkpoint
-from .progress import Announce, LineProgress, LoggedThroughput, ParameterSummary
+from .progress import Announce, Bar, LineProgress, LoggedThroughput, ParameterSummary
 from .runid import CHECKPOINTS, run_folder
 from .runs import (
     LAST,
@@ -235,7 +234,7 @@ class MambaCLI(LightningCLI):
             # a terminal redraws tqdm's bar in place; a file or pipe gets whole lines. Either
             # reads the logged loss from the GPU only when it shows it, not on every step
             tty = sys.stdout.isatty()
-            callbacks.append(TQDMProgressBar(refresh_rate=10) if tty else LineProgress())
+            callbacks.append(Bar(refresh_rate=10) if tty else LineProgress())
         summary = trainer.get("enable_model_summary") in (None, True)
         if summary and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ParameterSummary())

@@ -86,13 +86,17 @@ class MambaModule(L.LightningModule):
         return (6 if self.training else 2) * self.matmul_weights * self.batch_tokens
 
     def log_loss(self, name: str, loss: Tensor, batch_size: int) -> None:
+        """Log a loss. Validation's goes to the progress bar here; the training loss is not
+        a `prog_bar` value, because Lightning reads those back to the host after every step, a
+        sync that would keep the CPU from queueing the next step while the GPU works: the
+        bars read it themselves when they draw (progress.with_training_loss)."""
         train = name.startswith("train/")
         self.log(
             name,
             loss,
             on_step=train,
             on_epoch=not train,
-            prog_bar=True,
+            prog_bar=not train,
             batch_size=batch_size,
             sync_dist=True,  # under DDP: the mean over all ranks, not rank 0's share
             add_dataloader_idx=False,  # several validation loaders are told apart by name

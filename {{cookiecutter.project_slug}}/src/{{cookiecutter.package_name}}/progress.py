@@ -19,7 +19,7 @@ import time
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
@@ -83,6 +83,20 @@ class ParameterSummary(ModelSummary):
         rank_zero_info("\n".join(table))
 
 
+def with_training_loss(trainer, metrics: dict) -> dict:
+    """A progress bar's metrics with the latest training loss, read from the device here, when
+    a bar draws, rather than by Lightning after every step (module.log_loss says why)."""
+    loss = trainer.callback_metrics.get("train/loss")
+    return metrics if loss is None else {"train/loss": float(loss), **metrics}
+
+
+class Bar(TQDMProgressBar):
+    """Lightning's tqdm bar, showing the training loss as of its last redraw."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        return with_training_loss(trainer, super().get_metrics(trainer, pl_module))
+
+
 class LineProgress(ProgressBar):
     """A progress bar of whole lines: `step 310/4000 | train/loss 1.234 | 25.1 steps/s | ...`.
 
@@ -118,7 +132,7 @@ class LineProgress(ProgressBar):
     def say(self, trainer, pl_module, prefix: str) -> None:
         step, total = trainer.global_step, trainer.max_steps
         parts = [f"step {step}/{total}" if total > 0 else f"step {step}"]
-        metrics = self.get_metrics(trainer, pl_module)
+        metrics = with_training_loss(trainer, self.get_metrics(trainer, pl_module))
         parts += [f"{k} {float(v):.4g}" for k, v in metrics.items() if k.startswith(prefix)]
         elapsed = time.monotonic() - self.started
         rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
