@@ -72,6 +72,7 @@ COMMON_FILES = {
     "src/{pkg}/ops.py",
     "src/{pkg}/module.py",
     "src/{pkg}/pretrained.py",
+    "src/{pkg}/formats.py",
     "src/{pkg}/progress.py",
     "src/{pkg}/runs.py",
     "src/{pkg}/scan.py",
