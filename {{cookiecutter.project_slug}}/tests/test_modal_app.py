@@ -165,9 +165,10 @@ def test_every_declared_dependency_floor_is_the_version_the_image_pins():
     from packaging.requirements import Requirement
 
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = stack_pins()
     for line in project["project"]["dependencies"]:
         requirement = Requirement(line)
-        pinned = stack_pins()[requirement.name + "[signatures]" * bool(requirement.extras)]
+        pinned = pins[requirement.name + "[signatures]" * bool(requirement.extras)]
         assert requirement.specifier.contains(pinned), line
         floor = next(s.version for s in requirement.specifier if s.operator == ">=")
         assert pinned.startswith(floor), (line, pinned)
@@ -244,8 +245,9 @@ def test_wheel_names_are_computed_as_the_kernels_setup_py_computes_them(args, na
 @pytest.mark.parametrize("version", BUILDER_VERSIONS)
 def test_kernel_layers_install_the_release_wheel_and_fall_back_to_a_loud_source_build(version):
     runs = {line for lines in build_lines(render(modal_app.image, version)) for line in lines}
+    pins = stack_pins()
     for package, url in WHEELS.items():
-        pin = f"{package}=={stack_pins()[package]}"
+        pin = f"{package}=={pins[package]}"
         (line,) = [line for line in runs if line.startswith("RUN ") and pin in line]
         check, rest = line.removeprefix("RUN ").split(" && ", 1)
         wheel, fallback = rest.split(" || ", 1)

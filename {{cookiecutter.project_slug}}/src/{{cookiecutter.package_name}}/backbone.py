@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 
 Impl = Literal["auto", "fused", "reference"]
+# BackboneConfig's muP multipliers, named as in HF's Granite 4.0 config
+MUP = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class BackboneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"backbone.{name}={value!r} must be a positive integer")
-        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+        for name in MUP:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"backbone.{name}={value!r} must be a positive number (1: none)")

@@ -20,7 +20,7 @@ from dataclasses import fields
 import torch
 from torch import Tensor
 
-from .backbone import AttnConfig, BackboneConfig
+from .backbone import MUP, AttnConfig, BackboneConfig
 
 # mamba-ssm's module defaults, which its config.json leaves out (state-spaces/mamba-130m's
 # ssm_cfg is {}), and HF's config defaults, which a saved config.json may leave out
@@ -281,11 +281,7 @@ def _from_granite(config: dict, source: str) -> tuple[dict, int, int, bool, int 
         config, rotary_share=1.0 if rope == "rope" else 0.0,
         softmax_scale=float(get("attention_multiplier", 1.0)),
     )  # fmt: skip
-    fixed |= {
-        "embedding_multiplier": float(get("embedding_multiplier", 1.0)),
-        "residual_multiplier": float(get("residual_multiplier", 1.0)),
-        "logits_scaling": float(get("logits_scaling", 1.0)),
-    }
+    fixed |= {name: float(get(name, 1.0)) for name in MUP}  # Granite's names are ours
     vocab, tied = config["vocab_size"], get("tie_word_embeddings", False)
     return fixed, vocab, vocab, tied, get("mamba_chunk_size", 256)
 
@@ -366,7 +362,7 @@ def not_bamba(config: BackboneConfig) -> str | None:
         (not config.attn_layer_idx or attn.softmax_scale is None,
          f"attn_cfg.softmax_scale={attn.softmax_scale}"),
         *((getattr(config, name) == 1, f"backbone.{name}={getattr(config, name)} (muP)")
-          for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling")),
+          for name in MUP),
     ]  # fmt: skip
     return next((problem for ok, problem in checks if not ok), None)
 
@@ -441,9 +437,6 @@ def to_hybrid_names(
             else:
                 out[base + "self_attn.o_proj." + rest[len("out_proj.") :]] = value
     return out
-
-
-MUP = ("embedding_multiplier", "residual_multiplier", "logits_scaling")
 
 
 def hybrid_config(

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from . import formats
-from .backbone import AttnConfig, BackboneConfig
+from .backbone import MUP, AttnConfig, BackboneConfig
 from .hub import hub_file, looks_like_path
 
 FORMATS = ("mamba_ssm", "hf")
@@ -263,7 +263,7 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
             "backbone.mixer=Mamba3: HF transformers has no Mamba-3 model; export this model "
             "with format=mamba_ssm"
         )
-    mup = [f"backbone.{n}={getattr(config, n)}" for n in formats.MUP if getattr(config, n) != 1]
+    mup = [f"backbone.{n}={getattr(config, n)}" for n in MUP if getattr(config, n) != 1]
     family = None  # HF's hybrid class: Bamba where it can say the model, else Granite 4.0
     if format == "hf" and (config.attn_layer_idx or config.d_intermediate or mup):
         problems = {"bamba": formats.not_bamba(config), "granite": formats.not_granite(config)}
@@ -307,8 +307,7 @@ def save(model, directory: str | Path, format: str = "mamba_ssm") -> Path:
         os.umask(umask)
         os.chmod(out / "model.safetensors", 0o666 & ~umask)  # safetensors writes it 0600
         if family:
-            down = formats.HYBRID_LAYOUTS[family]["mlp_out"]
-            mlp = state[f"model.layers.0.{down}weight"].shape[1]
+            mlp = model.backbone.layers[0].mlp.fc2.in_features  # d_intermediate rounded up
             description = formats.hybrid_config(config, vocab, model.tie_embeddings, mlp, family)
         else:
             description = formats.hf_config(config, vocab, model.tie_embeddings)
