@@ -37,13 +37,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from .base import BaseDataModule
-from .text import BYTES, TextTokenizer, TokenWindows
+from .text import BYTES, TextTokenizer, TokenText
 
 
-class HubText(BaseDataModule):
+class HubText(TokenText):
     """Language modelling on one text column of a `datasets` dataset, as bytes or tokens.
 
     The val split is `val_split` of the same dataset (e.g. `validation`) when given, else the
@@ -257,24 +255,13 @@ class HubText(BaseDataModule):
         n_test = sizes[self.test_split] if self.test_split else 0  # the cache's last tokens
         n = sum(sizes.values()) - n_test
         n_val = sizes[self.val_split] if self.val_split else int(n * self.val_fraction)
-        self.bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
+        bounds = {"train": (0, n - n_val), "val": (n - n_val, n)}
         if self.test_split:
-            self.bounds["test"] = (n, n + n_test)
-        for split, (start, end) in self.bounds.items():
-            self.check(
-                end - start > self.seq_len,
-                f"the {split} split has {end - start} {self.unit} ({self.describe()} has {n}), "
-                f"fewer than one window of seq_len + 1 = {self.seq_len + 1}; use more text, a "
-                "smaller seq_len or another val_fraction",
-            )
+            bounds["test"] = (n, n + n_test)
+        self.bounds = self.checked(bounds, f"{self.describe()} has {n}", "another val_fraction")
 
     def has_test_split(self) -> bool:
         return self.test_split is not None
-
-    def dataset(self, split: str) -> Dataset:
-        if not self.bounds:
-            self.setup()
-        return TokenWindows(self.cache, self.tokenizer.dtype, *self.bounds[split], self.seq_len)
 
 
 def _tokenize(tokenizer: TextTokenizer, field: str, separator: str, rows: dict) -> dict:

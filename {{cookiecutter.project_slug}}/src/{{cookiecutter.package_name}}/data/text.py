@@ -80,7 +80,31 @@ def _tokenizer_json(spec: str) -> Path:
     return hub_file(spec, "tokenizer.json", what="tokenizer")
 
 
-class TextFile(BaseDataModule):
+class TokenText(BaseDataModule):
+    """What TextFile and HubText share: a cache of token ids cut into [start, end) ranges, one
+    per split (`bounds`), each read as windows of seq_len + 1 tokens (TokenWindows).
+    A subclass sets `cache`, `tokenizer`, `seq_len` and `unit`, and fills `bounds` in setup()
+    through `checked`."""
+
+    def checked(self, bounds: dict[str, tuple[int, int]], whole: str, fix: str) -> dict:
+        """`bounds`, once each split is seen to hold one window; `whole` names the text and
+        its size, `fix` what else to change."""
+        for split, (start, end) in bounds.items():
+            self.check(
+                end - start > self.seq_len,
+                f"the {split} split has {end - start} {self.unit} ({whole}), fewer than one "
+                f"window of seq_len + 1 = {self.seq_len + 1}; use more text, a smaller seq_len "
+                f"or {fix}",
+            )
+        return bounds
+
+    def dataset(self, split: str) -> Dataset:
+        if not self.bounds:
+            self.setup()
+        return TokenWindows(self.cache, self.tokenizer.dtype, *self.bounds[split], self.seq_len)
+
+
+class TextFile(TokenText):
     """Language modelling on a UTF-8 text file or a folder of them, as bytes or tokens.
 
     A folder is read recursively in sorted path order, keeping files whose suffix is in
@@ -212,8 +236,9 @@ class TextFile(BaseDataModule):
         """Cut the train/val split. Calls prepare_data, a cheap no-op once the cache is current,
         so the module also works without a Trainer."""
         self.prepare_data()
-        tokens = self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
-        self.bounds = self.split(tokens)
+        self.bounds = self.split(
+            self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
+        )
 
     def split(self, n: int) -> dict[str, tuple[int, int]]:
         """The [start, end) token range of each split of n tokens; each must hold a window."""
@@ -222,23 +247,11 @@ class TextFile(BaseDataModule):
         bounds = {"train": (0, n - held), "val": (n - held, n - n_test)}
         if self.test_fraction:
             bounds["test"] = (n - n_test, n)
-        for split, (start, end) in bounds.items():
-            self.check(
-                end - start > self.seq_len,
-                f"the {split} split has {end - start} {self.unit} "
-                f"({self.path} has {n}, val_fraction={self.val_fraction}, test_fraction="
-                f"{self.test_fraction}), fewer than one window of seq_len + 1 = "
-                f"{self.seq_len + 1}; use more text, a smaller seq_len or other fractions",
-            )
-        return bounds
+        fractions = f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}"
+        return self.checked(bounds, f"{self.path} has {n}, {fractions}", "other fractions")
 
     def has_test_split(self) -> bool:
         return self.test_fraction > 0
-
-    def dataset(self, split: str) -> Dataset:
-        if not self.bounds:
-            self.setup()
-        return TokenWindows(self.cache, self.tokenizer.dtype, *self.bounds[split], self.seq_len)
 
 
 def _read_utf8(source: Path, chunk_size: int = 1 << 22) -> Iterator[tuple[bytes, str]]:
