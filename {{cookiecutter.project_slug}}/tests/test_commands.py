@@ -122,6 +122,27 @@ def generate(*args: str) -> int:
     return stopped.value.code
 
 
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("generate", "prompt: [a]\nmax_new_tokens: 2\n"),
+        ("export", "format: hf\nout: exported\n"),
+        ("extrapolate", "lengths: 2^6..2^8\nsamples: 4\n"),
+    ],
+)
+def test_each_command_takes_its_options_from_a_config_file(command, options, tmp_path, capsys):
+    """The options reach the command from the file: its checkpoint is the one refused."""
+    missing = tmp_path / "missing.ckpt"
+    config = tmp_path / f"{command}.yaml"
+    config.write_text(f"ckpt_path: {missing}\n{options}")
+    with pytest.raises(SystemExit) as stop:
+        main([command, f"--config={config}"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err == f"error: --ckpt_path={missing}: no such file; give a .ckpt written by fit\n"
+    assert not (Path.cwd() / "exported").exists()
+
+
 def test_generate_refuses_a_tokenizer_other_than_the_models_own(runs, capsys):
     ckpt = runs / "bpe" / "checkpoints" / "last.ckpt"
     assert generate(f"--ckpt_path={ckpt}", "--tokenizer=bytes") == 2

@@ -191,6 +191,28 @@ def test_a_prompts_file_decoded_in_batches_prints_what_one_at_a_time_prints(
     assert STDERR_LINE.fullmatch(lines[0]).groups() == ("35", "5", "16")
 
 
+def test_a_config_file_gives_generate_the_same_options_as_the_command_line(
+    pretrained, tmp_path, capsys
+):
+    """generate is built by jsonargparse from its signature, as fit is by LightningCLI: a YAML
+    file holds any option (two prompts as a list), and the command line adds to it."""
+    flags = ["--prompt=the cat", "--prompt=a", "--max_new_tokens=5", "--batch_size=1"]
+    main(generate_command(pretrained, *flags))
+    expected = capsys.readouterr().out
+    config = tmp_path / "gen.yaml"
+    config.write_text(
+        f"pretrained: {pretrained}\ntokenizer: bytes\nimpl: reference\n"
+        "prompt: [the cat, a]\nmax_new_tokens: 5\n"
+    )
+    main(["generate", f"--config={config}", "--batch_size=1"])
+    assert capsys.readouterr().out == expected
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0 and "--config CONFIG" in shown
+    assert "tokens generated after each prompt (type: int, default: 64)" in " ".join(shown.split())
+
+
 class Writes:
     """A stdout that keeps every write apart."""
 
@@ -237,7 +259,7 @@ BAD = {
     "top_p_above_one": (["--prompt=a", "--top_p=1.5"], "--top_p=1.5 must be in (0, 1]"),
     "batch_size_zero": (["--prompt=a", "--batch_size=0"], "--batch_size=0 must be >= 1"),
     "negative_temperature": (["--prompt=a", "--temperature=-1"], "--temperature=-1.0 >= 0"),
-    "unknown_dtype": (["--prompt=a", "--dtype=fp16"], "argument --dtype: invalid choice"),
+    "unknown_dtype": (["--prompt=a", "--dtype=fp16"], "--dtype=fp16 is not one of auto"),
     "empty_prompt": (["--prompt="], "prompt 1 encodes to no tokens"),
     "second_prompt_empty": (["--prompt=a", "--prompt="], "prompt 2 encodes to no tokens"),
 }

@@ -69,8 +69,8 @@ def test_generate_reads_a_run_of_the_runs_volume_and_stops_with_the_commands_one
     assert command[-1] == "3"
     for kwargs, message in [
         ({"run_id": "no-such-run", "prompt": "a"}, "no such file"),
-        ({"prompt": "a"}, "one of the arguments --ckpt_path --pretrained is required"),
-        ({"pretrained": str(mounts.hf / "tiny")}, "--prompt --prompts_file is required"),
+        ({"prompt": "a"}, "give one of --ckpt_path (a .ckpt written by fit) and --pretrained"),
+        ({"pretrained": str(mounts.hf / "tiny")}, "give --prompt (repeat it for several"),
     ]:
         with pytest.raises(SystemExit) as stop:
             modal_app.generate.local(**kwargs)

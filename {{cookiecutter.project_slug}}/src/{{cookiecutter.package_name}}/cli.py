@@ -33,7 +33,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from .commands import COMMANDS
+from .commands import COMMANDS, run
 from .data import BaseDataModule
 from .devices import device_settings
 from .errors import input_error
@@ -453,7 +453,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
                 f"{', '.join(COMMAND_LIST)} (python -m {__package__} --help says what each does)"
             )
         if argv[0] in COMMANDS:  # generate, export, ...: no Trainer involved
-            COMMANDS[argv[0]](argv[1:])
+            run(argv[0], argv[1:])
             return None
         cli = MambaCLI(
             MambaModule,

@@ -6,115 +6,134 @@
     python -m {{ cookiecutter.package_name }} extrapolate --ckpt_path <ckpt> --lengths 2^6..2^20
     python -m {{ cookiecutter.package_name }} evaluate --ckpt_path <ckpt> --tasks lambada_openai
 
-They load a model and use it; no Trainer is involved. cli.main runs them and turns a bad input
-into one line and exit 2, as for fit.
+Each is a typed function; `run` turns it into a command with jsonargparse, as LightningCLI
+does for fit: the options, their types, choices and defaults come from the signature, their help
+from the docstring's Args, and `--config <file>.yaml` takes any of them from a file. They load
+a model and use it; no Trainer is involved. cli.main runs them and turns a bad input into one
+line and exit 2, as for fit.
 """
 
 import datetime
+import difflib
 import importlib
+import inspect
 import json
+import re
 import shutil
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
 
 from .checkpoint import Trained, language_model, load_trained
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
-from .errors import CommandParser
 from .model import MambaLM
+from .pretrained import FORMATS
+
+Impl = Literal["auto", "fused", "reference"]
 
 
-def export(argv: list[str]) -> None:
-    """Write a trained checkpoint as a folder in mamba-ssm's or HF transformers' format."""
-    from .pretrained import FORMATS
+def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:  # noqa: A002
+    """Write a trained checkpoint as a folder in mamba-ssm's or HF transformers' format.
 
-    parser = CommandParser(prog=f"python -m {__package__} export")
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by fit")
-    parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="a new (or empty) folder")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
+    Args:
+        ckpt_path: a .ckpt written by fit
+        format: mamba_ssm (MambaLMHeadModel.from_pretrained) or hf (transformers)
+        out: a new (or empty) folder
+    """
+    out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out={out} exists and is not an empty folder; give a new one")
-    trained = load_trained(args.ckpt_path, "reference")
+    trained = load_trained(ckpt_path, "reference")
     model = trained.net
     if not isinstance(model, MambaLM):
         raise ValueError(
-            f"--ckpt_path={args.ckpt_path} holds a {type(model).__name__}; export writes "
+            f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; export writes "
             "language models (MambaLM) only"
         )
     # the tokenizer.json it was trained with goes along, so the folder generates on its own
     tokenizer = TextTokenizer(trained.tokenizer).path if trained.tokenizer else None
-    model.save_pretrained(out, format=args.format)
+    model.save_pretrained(out, format=format)
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out / "tokenizer.json")
     shipped = " with its tokenizer.json" if tokenizer is not None else ""
-    print(f"wrote {out} ({args.format} format){shipped}")
+    print(f"wrote {out} ({format} format){shipped}")
 
 
-def generate(argv: list[str]) -> None:
+def generate(
+    ckpt_path: str | None = None,
+    pretrained: str | None = None,
+    revision: str | None = None,
+    prompt: list[str] | None = None,
+    prompts_file: str | None = None,
+    tokenizer: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    batch_size: int = 16,
+    dtype: Literal["auto", "bf16", "fp32"] = "auto",
+    seed: int = 0,
+    impl: Impl = "auto",
+) -> None:
     """Continue prompts with a trained or pretrained language model, through its recurrent state.
 
-    The prompts are decoded --batch_size at a time (prompts of different lengths in one batch
+    The prompts are decoded batch_size at a time (prompts of different lengths in one batch
     each get the tokens they get alone); a single prompt is printed token by token as it is
     generated. At the end one line on stderr gives the time to the first token and the rate.
+
+    Args:
+        ckpt_path: a .ckpt written by fit (or give pretrained)
+        pretrained: a checkpoint folder or hub id (or give ckpt_path)
+        revision: hub branch, tag or commit of pretrained
+        prompt: a prompt; repeat the option for several (or give prompts_file)
+        prompts_file: a UTF-8 file with one prompt per line
+        tokenizer: bytes, a tokenizer.json or a hub id; default: the one the checkpoint was
+            trained with, or the tokenizer.json in the pretrained folder
+        max_new_tokens: tokens generated after each prompt
+        temperature: 0: greedy decoding
+        top_k: sample from the k likeliest tokens
+        top_p: sample from the likeliest tokens worth p
+        batch_size: prompts decoded together
+        dtype: what the matrices multiply in (bf16: under torch.autocast); auto: bf16 on a GPU,
+            fp32 on a CPU
+        seed: the sampling's seed
+        impl: auto (fused kernels on a GPU with mamba-ssm, else plain PyTorch), fused or reference
     """
-    parser = CommandParser(
-        prog=f"python -m {__package__} generate", description=generate.__doc__.split("\n")[0]
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt_path", help="a .ckpt written by fit")
-    source.add_argument("--pretrained", help="a checkpoint folder or hub id")
-    parser.add_argument("--revision", help="hub branch, tag or commit of --pretrained")
-    prompts = parser.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--prompt", action="append", help="a prompt; repeat for several")
-    prompts.add_argument("--prompts_file", help="a UTF-8 file with one prompt per line")
-    parser.add_argument(
-        "--tokenizer",
-        help="bytes, a tokenizer.json or a hub id; default: the one the checkpoint was trained "
-        "with, or the tokenizer.json in the --pretrained folder",
-    )
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy decoding")
-    parser.add_argument("--top_k", type=int, default=None, help="sample from the k likeliest")
-    parser.add_argument(
-        "--top_p", type=float, default=None, help="sample from the likeliest tokens worth p"
-    )
-    parser.add_argument("--batch_size", type=int, default=16, help="prompts decoded together")
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="what the matrices multiply in (bf16: under torch.autocast); auto: bf16 on a GPU, "
-        "fp32 on a CPU",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
-    args = parser.parse_args(argv)
-    if min(args.max_new_tokens, args.top_k or 1, args.batch_size) < 1 or args.temperature < 0:
+    if (ckpt_path is None) == (pretrained is None):
         raise ValueError(
-            f"--max_new_tokens={args.max_new_tokens}, --top_k={args.top_k} and "
-            f"--batch_size={args.batch_size} must be >= 1, and --temperature="
-            f"{args.temperature} >= 0"
+            "give one of --ckpt_path (a .ckpt written by fit) and --pretrained (a checkpoint "
+            "folder or hub id)"
         )
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top_p={args.top_p} must be in (0, 1]; 1 keeps every token")
-    if args.prompts_file is not None:
-        if not Path(args.prompts_file).is_file():
-            raise FileNotFoundError(f"--prompts_file={args.prompts_file}: no such file")
-        texts = [line for line in Path(args.prompts_file).read_text().splitlines() if line]
+    if isinstance(prompt, str):  # `prompt: text` in a config file
+        prompt = [prompt]
+    if (prompt is None) == (prompts_file is None):
+        raise ValueError(
+            "give --prompt (repeat it for several prompts) or --prompts_file (one prompt per "
+            "line), one of the two"
+        )
+    if min(max_new_tokens, top_k or 1, batch_size) < 1 or temperature < 0:
+        raise ValueError(
+            f"--max_new_tokens={max_new_tokens}, --top_k={top_k} and "
+            f"--batch_size={batch_size} must be >= 1, and --temperature={temperature} >= 0"
+        )
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top_p={top_p} must be in (0, 1]; 1 keeps every token")
+    if prompts_file is not None:
+        if not Path(prompts_file).is_file():
+            raise FileNotFoundError(f"--prompts_file={prompts_file}: no such file")
+        texts = [line for line in Path(prompts_file).read_text().splitlines() if line]
         if not texts:
-            raise ValueError(f"--prompts_file={args.prompts_file} holds no prompt; one per line")
+            raise ValueError(f"--prompts_file={prompts_file} holds no prompt; one per line")
     else:
-        texts = args.prompt
-    model, tokenizer = language_model(
-        "generate", args.ckpt_path, args.pretrained, args.revision, args.tokenizer, args.impl
-    )
+        texts = prompt
+    model, tokenizer = language_model("generate", ckpt_path, pretrained, revision, tokenizer, impl)
     prompts = [tokenizer.encode(text) for text in texts]
     for i, ids in enumerate(prompts):
         if not ids:
@@ -122,14 +141,14 @@ def generate(argv: list[str]) -> None:
     gpu = model.backbone.impl == "fused"
     device = torch.device("cuda" if gpu else "cpu")
     model.to(device).eval()
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and gpu)
-    sampling = (args.temperature, args.top_k, args.top_p)
-    torch.manual_seed(args.seed)
+    bf16 = dtype == "bf16" or (dtype == "auto" and gpu)
+    sampling = (temperature, top_k, top_p)
+    torch.manual_seed(seed)
     start, first = time.perf_counter(), None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(prompts), args.batch_size):
-            batch = [torch.tensor(ids, device=device) for ids in prompts[i : i + args.batch_size]]
-            steps = model.stream(batch, args.max_new_tokens, *sampling)
+        for i in range(0, len(prompts), batch_size):
+            batch = [torch.tensor(ids, device=device) for ids in prompts[i : i + batch_size]]
+            steps = model.stream(batch, max_new_tokens, *sampling)
             shown = Shown(tokenizer, prompts[0]) if len(prompts) == 1 else None
             new = [[] for _ in batch]
             for tokens in _on_host(steps):
@@ -145,11 +164,11 @@ def generate(argv: list[str]) -> None:
                 text = tokenizer.decode(prompts[i + j] + row)
                 print(("\n" if i + j else "") + text, flush=True)
     took = time.perf_counter() - start
-    count = len(prompts) * args.max_new_tokens
+    count = len(prompts) * max_new_tokens
     print(
         f"generated {count} tokens for {len(prompts)} prompt(s) in {took:.2f} s: first token "
         f"after {(first - start) * 1e3:.0f} ms, {count / took:.0f} tokens/s "
-        f"({'bf16' if bf16 else 'fp32'}, batches of up to {args.batch_size})",
+        f"({'bf16' if bf16 else 'fp32'}, batches of up to {batch_size})",
         file=sys.stderr,
     )
 
@@ -251,37 +270,40 @@ def _accuracy(model: torch.nn.Module, inputs, targets) -> tuple[int, int]:
     return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
 
 
-def extrapolate(argv: list[str]) -> None:
+def extrapolate(
+    ckpt_path: str,
+    lengths: str,
+    samples: int = 256,
+    tokens_per_batch: int | None = None,
+    max_cpu_minutes: float = 10.0,
+    impl: Impl = "auto",
+    out: str | None = None,
+) -> None:
     """Accuracy of a checkpoint at sequence lengths it was not trained at (generated tasks).
 
     The samples are the validation split of the checkpoint's own task at each length. On a GPU
     the fused kernels run every length; on a CPU each length's time is projected from the one
-    before, and lengths projected over --max_cpu_minutes are skipped with the cost printed.
+    before, and lengths projected over max_cpu_minutes are skipped with the cost printed.
+
+    Args:
+        ckpt_path: a .ckpt written by fit
+        lengths: e.g. 64,256,4096 or 2^6..2^20
+        samples: validation samples per length
+        tokens_per_batch: batch size x length; default 2^22 on a GPU, 2^15 on a CPU
+        max_cpu_minutes: on a CPU: skip lengths projected to take longer
+        impl: auto (fused kernels on a GPU with mamba-ssm, else plain PyTorch), fused or reference
+        out: also write the results to this JSON file
     """
-    parser = CommandParser(
-        prog=f"python -m {__package__} extrapolate", description=extrapolate.__doc__.split("\n")[0]
-    )
-    parser.add_argument("--ckpt_path", required=True, help="a .ckpt written by fit")
-    parser.add_argument("--lengths", required=True, help="e.g. 64,256,4096 or 2^6..2^20")
-    parser.add_argument("--samples", type=int, default=256, help="validation samples per length")
-    parser.add_argument(
-        "--tokens_per_batch", type=int, help="batch size x length; default 2^22 GPU, 2^15 CPU"
-    )
-    parser.add_argument(
-        "--max_cpu_minutes", type=float, default=10.0, help="on a CPU: skip longer lengths"
-    )
-    parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
-    parser.add_argument("--out", help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    lengths = parse_lengths(args.lengths)
-    if args.out is not None and not Path(args.out).resolve().parent.is_dir():
-        raise FileNotFoundError(f"--out={args.out}: its folder does not exist; create it first")
-    if args.samples < 1 or (args.tokens_per_batch or 1) < 1 or args.max_cpu_minutes <= 0:
+    text = lengths
+    lengths = parse_lengths(text)
+    if out is not None and not Path(out).resolve().parent.is_dir():
+        raise FileNotFoundError(f"--out={out}: its folder does not exist; create it first")
+    if samples < 1 or (tokens_per_batch or 1) < 1 or max_cpu_minutes <= 0:
         raise ValueError(
-            f"--samples={args.samples}, --tokens_per_batch={args.tokens_per_batch} and "
-            f"--max_cpu_minutes={args.max_cpu_minutes} must be positive"
+            f"--samples={samples}, --tokens_per_batch={tokens_per_batch} and "
+            f"--max_cpu_minutes={max_cpu_minutes} must be positive"
         )
-    trained = load_trained(args.ckpt_path, args.impl)
+    trained = load_trained(ckpt_path, impl)
     model = trained.net
     task, data_args = _task_of(trained)
     for length in lengths:  # a length the task cannot have is refused before any work
@@ -293,28 +315,28 @@ def extrapolate(argv: list[str]) -> None:
         raise ValueError(f"--lengths: {err}") from None
     device = torch.device("cuda" if gpu else "cpu")
     model.to(device).eval()
-    budget = args.tokens_per_batch or (2**22 if gpu else 2**15)
+    budget = tokens_per_batch or (2**22 if gpu else 2**15)
     name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{task.__name__} at {len(lengths)} lengths, {args.samples} samples each, on {name}")
+    print(f"{task.__name__} at {len(lengths)} lengths, {samples} samples each, on {name}")
     print(f"{'length':>9s} | {'accuracy':>8s} | {'seconds':>8s}")
     results, seconds, skipped, rate = {}, {}, {}, None
     for length in lengths:
-        tokens = args.samples * length
-        if not gpu and rate is not None and tokens / rate > args.max_cpu_minutes * 60:
+        tokens = samples * length
+        if not gpu and rate is not None and tokens / rate > max_cpu_minutes * 60:
             minutes = tokens / rate / 60
             skipped[str(length)] = round(minutes, 1)
             print(
                 f"{length:9d} | not run: about {minutes:.1f} min on this CPU at "
-                f"{rate / 1e3:.0f}k tokens/s (--max_cpu_minutes={args.max_cpu_minutes:g}); "
+                f"{rate / 1e3:.0f}k tokens/s (--max_cpu_minutes={max_cpu_minutes:g}); "
                 "run it on a GPU"
             )
             continue
-        data = task(**{**data_args, "seq_len": length, "num_val_samples": args.samples})
+        data = task(**{**data_args, "seq_len": length, "num_val_samples": samples})
         dataset = data.dataset("val")
         per_batch = max(1, budget // length)
         start, correct, scored = time.perf_counter(), 0, 0
-        for first in range(0, args.samples, per_batch):
-            batch = [dataset[i] for i in range(first, min(first + per_batch, args.samples))]
+        for first in range(0, samples, per_batch):
+            batch = [dataset[i] for i in range(first, min(first + per_batch, samples))]
             inputs, targets = (torch.stack(t).to(device) for t in zip(*batch, strict=True))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu):
                 hits, n = _accuracy(model, inputs, targets)
@@ -325,32 +347,72 @@ def extrapolate(argv: list[str]) -> None:
         rate = tokens / took
         results[str(length)], seconds[str(length)] = correct / scored, round(took, 2)
         print(f"{length:9d} | {correct / scored:8.4f} | {took:8.2f}", flush=True)
-    if args.out is not None:
+    if out is not None:
         report = {
-            "checkpoint": str(args.ckpt_path),
+            "checkpoint": str(ckpt_path),
             "task": task.__name__,
             "device": name,
             "date": datetime.date.today().isoformat(),
-            "samples_per_length": args.samples,
+            "samples_per_length": samples,
             "lengths": results,
             "seconds": seconds,
             "skipped_projected_cpu_minutes": skipped,
         }
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        Path(out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {out}")
 
 
-def evaluate(argv: list[str]) -> None:
-    """lm-evaluation-harness scores (evaluate.py; imported here only when asked for, since
-    lm-eval is an extra and slow to import)."""
-    from .evaluate import evaluate as run
-
-    run(argv)
-
-
+# command -> "module.function" of this package; evaluate's module imports lm-eval, an extra and
+# slow to import, so a command's module is imported only when the command runs
 COMMANDS = {
-    "evaluate": evaluate,
-    "export": export,
-    "extrapolate": extrapolate,
-    "generate": generate,
+    "evaluate": "evaluate.evaluate",
+    "export": "commands.export",
+    "extrapolate": "commands.extrapolate",
+    "generate": "commands.generate",
 }
+REPEATED = {"prompt": "a prompt; repeat the option for several"}  # list options given one by one
+
+
+def run(name: str, argv: list[str]) -> None:
+    """Parse `argv` into the arguments of the command `name` and call it."""
+    module, _, attribute = COMMANDS[name].rpartition(".")
+    command = getattr(importlib.import_module(f".{module}", __package__), attribute)
+    parser = ArgumentParser(
+        prog=f"python -m {__package__} {name}",
+        description=command.__doc__.split("\n")[0],
+        exit_on_error=False,
+        allow_abbrev=False,  # --sample is not --samples
+    )
+    parser.add_argument("--config", action="config", help="a YAML file of any of these options")
+    parameters = inspect.signature(command).parameters
+    repeated = {key: text for key, text in REPEATED.items() if key in parameters}
+    parser.add_function_arguments(command, skip=set(repeated), as_group=False)
+    for key, text in repeated.items():
+        parser.add_argument(f"--{key}", action="append", help=text)
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentError as err:
+        raise ValueError(f"{name}: {refused(str(err), list(parameters))}") from None
+    command(**{key: args[key] for key in parameters})
+
+
+def refused(message: str, options: list[str]) -> str:
+    """jsonargparse's message for a refused option, in one line, in the command's terms."""
+    message = " ".join(message.split())
+    rewrites = [
+        (r'Parser key "(\w+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)',
+         lambda m: f"--{m[1]}={m[3]} is not one of {m[2].replace(chr(39), '')}"),
+        (r"Parser key \"(\w+)\": Expected a <class '(\w+)'>\. Got value: (.*)",
+         lambda m: f"--{m[1]}={m[3]} is not {'an' if m[2] == 'int' else 'a'} {m[2]}"),
+        (r"Parser key \"(\w+)\": Does not validate against any of the Union subtypes "
+         r"Subtypes: \[<class '(\w+)'>, <class 'NoneType'>\].* Given value: (.*)",
+         lambda m: f"--{m[1]}={m[3]} is not {'an' if m[2] == 'int' else 'a'} {m[2]}"),
+        (r'Parser key "(\w+)":', lambda m: f"--{m[1]}:"),
+        (r"the following arguments are required: (.*)",
+         lambda m: "missing " + ", ".join(f"--{key.strip()}" for key in m[1].split(","))),
+    ]  # fmt: skip
+    for pattern, rewrite in rewrites:
+        message = re.sub(pattern, rewrite, message)
+    typo = re.search(r"unrecognized arguments: --?(\w+)", message)
+    close = difflib.get_close_matches(typo.group(1), options, n=1) if typo else []
+    return message + (f"; did you mean --{close[0]}?" if close else "; see --help")

@@ -2,31 +2,18 @@
 
 `input_error` finds the message in what a failed start raised; `explain` rewrites the
 parser's messages where they bury the point (a nested union error, a YAML file called
-"<unicode string>") and adds "did you mean" for a mistyped option. `CommandParser` gives the
-commands beside Lightning's (generate, export, extrapolate, evaluate) the same one-line errors.
+"<unicode string>") and adds "did you mean" for a mistyped option.
 """
 
-import argparse
 import difflib
 import inspect
 import re
-import sys
 import traceback
 from argparse import ArgumentError
 from dataclasses import fields
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class CommandParser(argparse.ArgumentParser):
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)  # --sample is not --samples
-
-    def error(self, message: str):
-        """One line, exit 2, like every other bad input (argparse would add its usage)."""
-        print(f"error: {self.prog.split()[-1]}: {message}; see --help", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def input_error(err: BaseException, argv: list[str] = ()) -> str | None:

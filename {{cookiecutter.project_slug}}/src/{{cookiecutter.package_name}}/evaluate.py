@@ -26,12 +26,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import language_model
-from .errors import CommandParser
 from .runid import pretrained_folder, run_folder
 
 try:
@@ -205,71 +205,77 @@ if register_model is not None:
     register_model(NAME)(HarnessLM)
 
 
-def evaluate(argv: list[str]) -> None:
-    """Score a trained or pretrained language model on lm-evaluation-harness tasks."""
-    parser = CommandParser(
-        prog=f"python -m {__package__} evaluate", description=evaluate.__doc__.split("\n")[0]
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt_path", help="a .ckpt written by fit")
-    source.add_argument("--pretrained", help="a checkpoint folder or hub id")
-    parser.add_argument("--revision", help="hub branch, tag or commit of --pretrained")
-    parser.add_argument(
-        "--tasks", required=True, help="lm-eval task or group names, comma-separated"
-    )
-    parser.add_argument(
-        "--tokenizer", help="bytes, a tokenizer.json or a hub id; default: the model's own"
-    )
-    parser.add_argument("--limit", type=float, help="at most N examples per task (<1: a fraction)")
-    parser.add_argument("--num_fewshot", type=int, help="examples in each prompt (task default)")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_length", type=int, default=2048, help="tokens scored at once")
-    parser.add_argument("--impl", choices=("auto", "fused", "reference"), default="auto")
-    parser.add_argument(
-        "--include_path", help="a folder of task YAML files of your own (lm-eval's format)"
-    )
-    parser.add_argument(
-        "--out", help="folder for the results JSON; default runs/<id>/eval or eval/<name>"
-    )
-    args = parser.parse_args(argv)
+def evaluate(
+    tasks: str,
+    ckpt_path: str | None = None,
+    pretrained: str | None = None,
+    revision: str | None = None,
+    tokenizer: str | None = None,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    max_length: int = 2048,
+    impl: Literal["auto", "fused", "reference"] = "auto",
+    include_path: str | None = None,
+    out: str | None = None,
+) -> None:
+    """Score a trained or pretrained language model on lm-evaluation-harness tasks.
+
+    Args:
+        tasks: lm-eval task or group names, comma-separated
+        ckpt_path: a .ckpt written by fit (or give pretrained)
+        pretrained: a checkpoint folder or hub id (or give ckpt_path)
+        revision: hub branch, tag or commit of pretrained
+        tokenizer: bytes, a tokenizer.json or a hub id; default: the model's own
+        limit: at most N examples per task (< 1: a fraction)
+        num_fewshot: examples in each prompt (default: the task's)
+        batch_size: requests scored together
+        max_length: tokens scored at once
+        impl: auto (fused kernels on a GPU with mamba-ssm, else plain PyTorch), fused or reference
+        include_path: a folder of task YAML files of your own (lm-eval's format)
+        out: folder for the results JSON; default runs/<id>/eval or eval/<name>
+    """
+    if (ckpt_path is None) == (pretrained is None):
+        raise ValueError(
+            "give one of --ckpt_path (a .ckpt written by fit) and --pretrained (a checkpoint "
+            "folder or hub id)"
+        )
     if importlib.util.find_spec("lm_eval") is None:
         raise RuntimeError(f"evaluate: {INSTALL}")
-    if (args.limit is not None and args.limit <= 0) or (args.num_fewshot or 0) < 0:
-        raise ValueError(
-            f"--limit={args.limit} and --num_fewshot={args.num_fewshot} must be > 0 and >= 0"
-        )
-    if args.include_path is not None and not Path(args.include_path).is_dir():
-        raise FileNotFoundError(f"--include_path={args.include_path}: no such folder")
+    if (limit is not None and limit <= 0) or (num_fewshot or 0) < 0:
+        raise ValueError(f"--limit={limit} and --num_fewshot={num_fewshot} must be > 0 and >= 0")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise FileNotFoundError(f"--include_path={include_path}: no such folder")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, make_table
 
-    tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    manager = TaskManager(include_path=args.include_path)
-    unknown = [name for name in tasks if name not in manager.all_tasks]
-    if unknown or not tasks:
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    manager = TaskManager(include_path=include_path)
+    unknown = [name for name in names if name not in manager.all_tasks]
+    if unknown or not names:
         raise ValueError(
-            f"--tasks={args.tasks}: lm-eval knows no task {', '.join(unknown) or '(none given)'}; "
+            f"--tasks={tasks}: lm-eval knows no task {', '.join(unknown) or '(none given)'}; "
             "`lm-eval ls tasks` lists them, --include_path adds your own"
         )
-    out = Path(args.out) if args.out else default_out(args.ckpt_path, args.pretrained)
+    out = Path(out) if out else default_out(ckpt_path, pretrained)
     model = HarnessLM(
-        args.pretrained, args.ckpt_path, args.revision, args.tokenizer, args.impl,
-        args.batch_size, args.max_length,
+        pretrained, ckpt_path, revision, tokenizer, impl,
+        batch_size, max_length,
     )  # fmt: skip
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    limit = int(limit) if limit is not None and limit >= 1 else limit
     try:
         results = simple_evaluate(
             model=model,
-            tasks=tasks,
-            num_fewshot=args.num_fewshot,
+            tasks=names,
+            num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
             log_samples=False,
         )
     except ConnectionError as err:  # a task's data set, offline and not in the datasets cache
         raise FileNotFoundError(
-            f"--tasks={args.tasks}: a task's data is not in the datasets cache and cannot be "
+            f"--tasks={tasks}: a task's data is not in the datasets cache and cannot be "
             f"downloaded ({' '.join(str(err).split())}); run the command once online with the "
             "same HF_HOME, then it works offline"
         ) from None
