@@ -128,6 +128,7 @@ def generate(*args: str) -> int:
         ("generate", "prompt: [a]\nmax_new_tokens: 2\n"),
         ("export", "format: hf\nout: exported\n"),
         ("extrapolate", "lengths: 2^6..2^8\nsamples: 4\n"),
+        ("extrapolate", "lengths: [64, 256]\n"),
     ],
 )
 def test_each_command_takes_its_options_from_a_config_file(command, options, tmp_path, capsys):

@@ -219,8 +219,11 @@ def _on_host(steps: Iterator[torch.Tensor]) -> Iterator[list[int]]:
         yield copy.tolist()
 
 
-def parse_lengths(text: str) -> list[int]:
-    """`64,256,4096` or `2^6..2^20` (every power of two in between), or both, comma-separated."""
+def parse_lengths(text: str | int | list[int]) -> list[int]:
+    """`64,256,4096` or `2^6..2^20` (every power of two in between), or both, comma-separated;
+    or, from a config file, one length or a list of them."""
+    if not isinstance(text, str):
+        text = ",".join(str(length) for length in ([text] if isinstance(text, int) else text))
     lengths = []
     for part in text.split(","):
         try:
@@ -272,7 +275,7 @@ def _accuracy(model: torch.nn.Module, inputs, targets) -> tuple[int, int]:
 
 def extrapolate(
     ckpt_path: str,
-    lengths: str,
+    lengths: str | int | list[int],
     samples: int = 256,
     tokens_per_batch: int | None = None,
     max_cpu_minutes: float = 10.0,
@@ -287,15 +290,14 @@ def extrapolate(
 
     Args:
         ckpt_path: a .ckpt written by fit
-        lengths: e.g. 64,256,4096 or 2^6..2^20
+        lengths: e.g. 64,256,4096 or 2^6..2^20 (in a config file also a list: [64, 256])
         samples: validation samples per length
         tokens_per_batch: batch size x length; default 2^22 on a GPU, 2^15 on a CPU
         max_cpu_minutes: on a CPU: skip lengths projected to take longer
         impl: auto (fused kernels on a GPU with mamba-ssm, else plain PyTorch), fused or reference
         out: also write the results to this JSON file
     """
-    text = lengths
-    lengths = parse_lengths(text)
+    lengths = parse_lengths(lengths)
     if out is not None and not Path(out).resolve().parent.is_dir():
         raise FileNotFoundError(f"--out={out}: its folder does not exist; create it first")
     if samples < 1 or (tokens_per_batch or 1) < 1 or max_cpu_minutes <= 0:
