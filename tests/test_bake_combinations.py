@@ -114,7 +114,6 @@ COMMON_FILES = {
     "docs/evaluate.md",
     "benchmarks/scan_speed.py",
     "benchmarks/generate_speed.py",
-    "benchmarks/results/generate_gpu.json",
     "benchmarks/demo_time.py",
     "benchmarks/gpu_check.py",
     "benchmarks/gpu/__init__.py",
@@ -127,16 +126,11 @@ COMMON_FILES = {
     "benchmarks/gpu/profile.py",
     "benchmarks/gpu/throughput.py",
     "benchmarks/scaling.py",
-    "benchmarks/results/gpu_check.json",
-    "benchmarks/results/scan_speed.json",
-    "benchmarks/results/scaling.json",
     ".gitignore",
 }
 TASK_FILES = {
     "language_model": {
         "benchmarks/paper_tables.py",
-        "benchmarks/results/copying_gpu.json",
-        "benchmarks/results/induction_heads_gpu.json",
         "configs/copying_paper.yaml",
         "configs/finetune.yaml",
         "configs/finetune_hub.yaml",

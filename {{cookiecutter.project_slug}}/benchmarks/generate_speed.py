@@ -336,6 +336,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("generate_speed needs a CUDA GPU with mamba-ssm; run it on one.")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     import mamba_ssm
 
     report = {

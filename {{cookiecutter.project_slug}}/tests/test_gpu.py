@@ -48,7 +48,7 @@ def test_auto_picks_fused_on_a_gpu():
 
 # mamba-ssm's Triton SSD kernels run their float32 dot products in TF32: on an H200 their
 # parameter gradients differ from a float64 run of the twin by 1.4e-3..2.3e-3 (outputs by 9e-5),
-# while the float32 twin stays within 2.4e-5 of float64 (benchmarks/results/gpu_check.json).
+# while the float32 twin stays within 2.4e-5 of float64 (gpu_check.py's parity section).
 MAMBA2 = pytest.param(
     "Mamba2", 1e-3, marks=pytest.mark.xfail(reason="fused SSD gradients carry TF32 error")
 )

@@ -82,6 +82,7 @@ def section_copying(seconds: float, cuda_graphs: str = "auto") -> dict:
     }
     if seconds >= 120:  # a full run replaces the committed curve (paper_tables.py's seeds stay)
         kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({**kept, **result}, indent=1) + "\n")
     for p in curve:
         print(
