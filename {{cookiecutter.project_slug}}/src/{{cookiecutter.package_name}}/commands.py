@@ -39,7 +39,7 @@ from .pretrained import FORMATS
 Impl = Literal["auto", "fused", "reference"]
 
 
-def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:  # noqa: A002
+def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:
     """Write a trained checkpoint as a folder in mamba-ssm's or HF transformers' format.
 
     Args:
