@@ -111,6 +111,24 @@ def test_a_run_still_at_chance_says_so_once_and_a_learning_one_does_not(tmp_path
         assert "(1.946)" in said[0] and "another seed (seed_everything)" in said[0]
 
 
+def test_gradient_norms_logs_each_layers_gradient_before_clipping(tmp_path):
+    """GradientNorms logs every parameter's gradient norm on the steps that log: the per-layer
+    signal that tells a stalled run from one that learns."""
+    cli = main([
+        "fit", *TINY, *LM_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+        "--trainer.log_every_n_steps=1", "--trainer.gradient_clip_val=1e-6",
+        f"--run.root={tmp_path}",
+    ])  # fmt: skip
+    logged = cli.trainer.callback_metrics
+    name = "grad_2.0_norm/net.backbone.layers.0.mixer.out_proj.weight"
+    assert name in logged and float(logged[name]) > 0
+    total = float(logged["grad_2.0_norm_total"])
+    assert total > 1e-5  # the norm before clipping: clipping at 1e-6 leaves no gradient that large
+    parts = [float(v) for k, v in logged.items() if k.startswith("grad_2.0_norm/")]
+    assert abs(sum(p * p for p in parts) ** 0.5 - total) < 1e-3 * total
+
+
 def test_a_second_start_with_the_same_run_id_resumes(tmp_path):
     args = ["fit", *TINY, *LM_DATA, "--run.id=resume", f"--run.root={tmp_path}"]
     main([*args, "--trainer.max_steps=4", "--trainer.val_check_interval=2"])
