@@ -129,6 +129,21 @@ def test_gradient_norms_logs_each_layers_gradient_before_clipping(tmp_path):
     assert abs(sum(p * p for p in parts) ** 0.5 - total) < 1e-3 * total
 
 
+def test_gradient_norms_are_those_of_the_step_they_are_written_at(tmp_path):
+    """Lightning writes the values of every log_every_n_steps-th step: the norms written are
+    that step's (here the last step's, whose gradients fit leaves in place), not an earlier
+    step's."""
+    cli = main([
+        "fit", *TINY, *LM_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=2",
+        "--trainer.gradient_clip_val=0", f"--run.root={tmp_path}",
+    ])  # fmt: skip
+    norm = torch.linalg.vector_norm
+    last = norm(torch.stack([norm(p.grad) for p in cli.model.parameters() if p.grad is not None]))
+    written = cli.trainer.callback_metrics["grad_2.0_norm_total"]
+    assert float(written) == pytest.approx(float(last), rel=1e-4)
+
+
 def test_a_second_start_with_the_same_run_id_resumes(tmp_path):
     args = ["fit", *TINY, *LM_DATA, "--run.id=resume", f"--run.root={tmp_path}"]
     main([*args, "--trainer.max_steps=4", "--trainer.val_check_interval=2"])

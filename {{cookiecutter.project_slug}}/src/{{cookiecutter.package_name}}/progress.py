@@ -62,7 +62,8 @@ class GradientNorms(Callback):
     """
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step % trainer.log_every_n_steps == 0:
+        # the steps whose values Lightning writes: the (k * log_every_n_steps)-th, counting from 1
+        if (trainer.global_step + 1) % trainer.log_every_n_steps == 0:
             pl_module.log_dict(grad_norm(pl_module, norm_type=2))
 
 
