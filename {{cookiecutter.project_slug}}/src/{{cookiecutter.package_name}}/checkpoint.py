@@ -60,6 +60,15 @@ def load_trained(path: str | Path, impl: str | None = None) -> Trained:
     return Trained(net.eval(), data_class, data)
 
 
+def one_source(ckpt_path: str | None, pretrained: str | None) -> None:
+    """A command reads one model: a fit checkpoint or published weights, not both or neither."""
+    if (ckpt_path is None) == (pretrained is None):
+        raise ValueError(
+            "give one of --ckpt_path (a .ckpt written by fit) and --pretrained (a checkpoint "
+            "folder or hub id)"
+        )
+
+
 def language_model(
     command: str,
     ckpt_path: str | None,

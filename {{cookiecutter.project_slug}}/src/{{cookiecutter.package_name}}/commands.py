@@ -30,13 +30,12 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 
-from .checkpoint import Trained, language_model, load_trained
+from .backbone import Impl
+from .checkpoint import Trained, language_model, load_trained, one_source
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
 from .model import MambaLM
 from .pretrained import FORMATS
-
-Impl = Literal["auto", "fused", "reference"]
 
 
 def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:
@@ -106,11 +105,7 @@ def generate(
         seed: the sampling's seed
         impl: auto (fused kernels on a GPU with mamba-ssm, else plain PyTorch), fused or reference
     """
-    if (ckpt_path is None) == (pretrained is None):
-        raise ValueError(
-            "give one of --ckpt_path (a .ckpt written by fit) and --pretrained (a checkpoint "
-            "folder or hub id)"
-        )
+    one_source(ckpt_path, pretrained)
     if isinstance(prompt, str):  # `prompt: text` in a config file
         prompt = [prompt]
     if (prompt is None) == (prompts_file is None):
@@ -401,14 +396,16 @@ def run(name: str, argv: list[str]) -> None:
 def refused(message: str, options: list[str]) -> str:
     """jsonargparse's message for a refused option, in one line, in the command's terms."""
     message = " ".join(message.split())
+
+    def not_a(m: re.Match) -> str:  # (option, type, value)
+        return f"--{m[1]}={m[3]} is not {'an' if m[2] == 'int' else 'a'} {m[2]}"
+
     rewrites = [
         (r'Parser key "(\w+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)',
          lambda m: f"--{m[1]}={m[3]} is not one of {m[2].replace(chr(39), '')}"),
-        (r"Parser key \"(\w+)\": Expected a <class '(\w+)'>\. Got value: (.*)",
-         lambda m: f"--{m[1]}={m[3]} is not {'an' if m[2] == 'int' else 'a'} {m[2]}"),
+        (r"Parser key \"(\w+)\": Expected a <class '(\w+)'>\. Got value: (.*)", not_a),
         (r"Parser key \"(\w+)\": Does not validate against any of the Union subtypes "
-         r"Subtypes: \[<class '(\w+)'>, <class 'NoneType'>\].* Given value: (.*)",
-         lambda m: f"--{m[1]}={m[3]} is not {'an' if m[2] == 'int' else 'a'} {m[2]}"),
+         r"Subtypes: \[<class '(\w+)'>, <class 'NoneType'>\].* Given value: (.*)", not_a),
         (r'Parser key "(\w+)":', lambda m: f"--{m[1]}:"),
         (r"the following arguments are required: (.*)",
          lambda m: "missing " + ", ".join(f"--{key.strip()}" for key in m[1].split(","))),

@@ -26,12 +26,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import language_model
+from .backbone import Impl
+from .checkpoint import language_model, one_source
 from .runid import pretrained_folder, run_folder
 
 try:
@@ -215,7 +215,7 @@ def evaluate(
     num_fewshot: int | None = None,
     batch_size: int = 16,
     max_length: int = 2048,
-    impl: Literal["auto", "fused", "reference"] = "auto",
+    impl: Impl = "auto",
     include_path: str | None = None,
     out: str | None = None,
 ) -> None:
@@ -235,11 +235,7 @@ def evaluate(
         include_path: a folder of task YAML files of your own (lm-eval's format)
         out: folder for the results JSON; default runs/<id>/eval or eval/<name>
     """
-    if (ckpt_path is None) == (pretrained is None):
-        raise ValueError(
-            "give one of --ckpt_path (a .ckpt written by fit) and --pretrained (a checkpoint "
-            "folder or hub id)"
-        )
+    one_source(ckpt_path, pretrained)
     if importlib.util.find_spec("lm_eval") is None:
         raise RuntimeError(f"evaluate: {INSTALL}")
     if (limit is not None and limit <= 0) or (num_fewshot or 0) < 0:

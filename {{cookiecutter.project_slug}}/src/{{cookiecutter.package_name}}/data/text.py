@@ -236,9 +236,8 @@ class TextFile(TokenText):
         """Cut the train/val split. Calls prepare_data, a cheap no-op once the cache is current,
         so the module also works without a Trainer."""
         self.prepare_data()
-        self.bounds = self.split(
-            self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
-        )
+        tokens = self.cache.stat().st_size // np.dtype(self.tokenizer.dtype).itemsize
+        self.bounds = self.split(tokens)
 
     def split(self, n: int) -> dict[str, tuple[int, int]]:
         """The [start, end) token range of each split of n tokens; each must hold a window."""
