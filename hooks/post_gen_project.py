@@ -1,8 +1,10 @@
-"""Finish the bake: drop the LICENSE for license=none and record the answers for cruft.
+"""Finish the bake: drop the LICENSE for license=none, remove the folders that conditional
+file names left empty, and record the answers for cruft.
 
-Cookiecutter cannot make one file conditional by its name (a Jinja file name that renders
-empty is an error), so LICENSE is written for every bake and removed here when it is not
-wanted.
+LICENSE is one file whatever the license, so it is written for every bake and removed here
+when it is not wanted. A file whose Jinja name renders empty is skipped (the task's own
+modules, configs and tests are chosen so), but cookiecutter still makes its folder: one whose
+every file was skipped (benchmarks/gpu/ for a classifier) is removed here.
 
 `cruft create` writes .cruft.json itself after this hook. A plain `cookiecutter` bake from a
 clean git checkout of the template (which is what `cookiecutter gh:...` is) writes the same
@@ -35,6 +37,13 @@ def template_commit(repo_dir: str) -> str | None:
     return git(repo_dir, "rev-parse", "HEAD")
 
 
+def remove_empty_folders() -> None:
+    """Remove the folders left without a file, deepest first (a bake holds no empty folder)."""
+    for folder in sorted(Path().rglob("*"), key=lambda path: -len(path.parts)):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def record_answers_for_cruft() -> None:
     if "_commit" in ANSWERS or Path(".cruft.json").exists():
         return  # cruft is baking and writes its own state file
@@ -61,6 +70,7 @@ def record_answers_for_cruft() -> None:
 def main() -> None:
     if ANSWERS["license"] == "none":
         Path("LICENSE").unlink()
+    remove_empty_folders()
     record_answers_for_cruft()
 
 

@@ -45,10 +45,6 @@ COMMON_FILES = {
     "src/{pkg}/cli.py",
     "src/{pkg}/commands.py",
     "src/{pkg}/errors.py",
-    "src/{pkg}/evaluate.py",
-    "src/{pkg}/generation.py",
-    "src/{pkg}/hub.py",
-    "src/{pkg}/model.py",
     "src/{pkg}/runid.py",
     "src/{pkg}/curriculum.py",
     "src/{pkg}/devices.py",
@@ -56,10 +52,7 @@ COMMON_FILES = {
     "src/{pkg}/data/__init__.py",
     "src/{pkg}/data/arrays.py",
     "src/{pkg}/data/base.py",
-    "src/{pkg}/data/hub.py",
     "src/{pkg}/data/series.py",
-    "src/{pkg}/data/synthetic.py",
-    "src/{pkg}/data/text.py",
     "src/{pkg}/kernels.py",
     "src/{pkg}/launch.py",
     "src/{pkg}/loss.py",
@@ -71,30 +64,21 @@ COMMON_FILES = {
     "src/{pkg}/mixers/mamba3.py",
     "src/{pkg}/ops.py",
     "src/{pkg}/module.py",
-    "src/{pkg}/pretrained.py",
-    "src/{pkg}/formats.py",
     "src/{pkg}/progress.py",
     "src/{pkg}/runs.py",
     "src/{pkg}/scan.py",
     "tests/test_backbone.py",
     "tests/test_layers.py",
     "tests/test_commands.py",
-    "tests/test_hub_offline.py",
     "tests/test_launch_gpus.py",
     "tests/test_layers_gpu.py",
     "tests/test_mamba3.py",
     "tests/test_mamba3_gpu.py",
-    "tests/test_mamba3_checkpoints.py",
     "tests/test_bad_inputs.py",
     "tests/test_data.py",
     "tests/test_ddp.py",
     "tests/test_gpu.py",
     "tests/test_graphs.py",
-    "tests/test_h200_checkpoints.py",
-    "tests/fixtures/h200_Mamba1/config.yaml",
-    "tests/fixtures/h200_Mamba1/last.ckpt",
-    "tests/fixtures/h200_Mamba2/config.yaml",
-    "tests/fixtures/h200_Mamba2/last.ckpt",
     "tests/test_launch.py",
     "tests/test_modal_app.py",
     "tests/test_scan.py",
@@ -102,34 +86,51 @@ COMMON_FILES = {
     "tests/test_resume.py",
     "tests/test_extrapolate.py",
     "tests/conftest.py",
-    "tests/test_generation.py",
-    "tests/test_hybrid.py",
-    "tests/test_hybrid_gpu.py",
-    "tests/test_generation_gpu.py",
     "tests/test_memory.py",
-    "tests/test_modal_generate.py",
-    "tests/test_hub_data.py",
     "tests/test_runs.py",
     "docs/design_decisions.md",
-    "docs/evaluate.md",
     "benchmarks/scan_speed.py",
-    "benchmarks/generate_speed.py",
     "benchmarks/demo_time.py",
-    "benchmarks/gpu_check.py",
-    "benchmarks/gpu/__init__.py",
-    "benchmarks/gpu/cli_row.py",
-    "benchmarks/gpu/layers.py",
-    "benchmarks/gpu/common.py",
-    "benchmarks/gpu/copying.py",
-    "benchmarks/gpu/loss.py",
-    "benchmarks/gpu/parity.py",
-    "benchmarks/gpu/profile.py",
-    "benchmarks/gpu/throughput.py",
-    "benchmarks/scaling.py",
     ".gitignore",
 }
+# What a task's bake holds besides: a classifier's project holds no language-model code.
 TASK_FILES = {
     "language_model": {
+        "src/{pkg}/evaluate.py",
+        "src/{pkg}/generation.py",
+        "src/{pkg}/hub.py",
+        "src/{pkg}/model.py",
+        "src/{pkg}/data/hub.py",
+        "src/{pkg}/data/synthetic.py",
+        "src/{pkg}/data/text.py",
+        "src/{pkg}/pretrained.py",
+        "src/{pkg}/formats.py",
+        "tests/test_hub_offline.py",
+        "tests/test_mamba3_checkpoints.py",
+        "tests/test_h200_checkpoints.py",
+        "tests/fixtures/h200_Mamba1/config.yaml",
+        "tests/fixtures/h200_Mamba1/last.ckpt",
+        "tests/fixtures/h200_Mamba2/config.yaml",
+        "tests/fixtures/h200_Mamba2/last.ckpt",
+        "tests/test_generation.py",
+        "tests/test_hybrid.py",
+        "tests/test_hybrid_gpu.py",
+        "tests/test_generation_gpu.py",
+        "tests/test_modal_generate.py",
+        "tests/test_hub_data.py",
+        "docs/evaluate.md",
+        "benchmarks/generate_speed.py",
+        "benchmarks/gpu_check.py",
+        "benchmarks/gpu/__init__.py",
+        "benchmarks/gpu/cli_row.py",
+        "benchmarks/gpu/layers.py",
+        "benchmarks/gpu/common.py",
+        "benchmarks/gpu/copying.py",
+        "benchmarks/gpu/loss.py",
+        "benchmarks/gpu/parity.py",
+        "benchmarks/gpu/profile.py",
+        "benchmarks/gpu/throughput.py",
+        "benchmarks/scaling.py",
         "benchmarks/paper_tables.py",
         "configs/copying_paper.yaml",
         "configs/finetune.yaml",
@@ -141,14 +142,14 @@ TASK_FILES = {
         "tests/test_evaluate.py",
         "tests/test_pretrained.py",
     },
-    "sequence_classification": {"configs/arrays.yaml"},
+    "sequence_classification": {"configs/arrays.yaml", "tests/test_imports.py"},
 }
 
 
 def expected_files(answers: dict[str, str]) -> set[str]:
     """The exact set of files a bake with `answers` must contain."""
     package = answers.get("package_name", "mamba_project")
-    files = {path.format(pkg=package) for path in COMMON_FILES} | TASK_FILES[answers["task"]]
+    files = {path.format(pkg=package) for path in COMMON_FILES | TASK_FILES[answers["task"]]}
     if answers["license"] != "none":
         files.add("LICENSE")
     return files
@@ -172,6 +173,13 @@ def test_bake_has_exactly_the_expected_files(baked):
     answers, project = baked
     assert project.name == "mamba-project"
     assert baked_files(project) == expected_files(answers)
+
+
+def test_bake_has_no_empty_folder(baked):
+    """A folder whose every file belongs to the other task (benchmarks/gpu/ for a classifier)
+    is not left behind empty."""
+    _, project = baked
+    assert [p for p in project.rglob("*") if p.is_dir() and not any(p.iterdir())] == []
 
 
 # `${{ ... }}` is GitHub Actions syntax that must reach the workflow file as written.

@@ -4,11 +4,13 @@
     modal run --detach modal_app.py --config configs/<name>.yaml --overrides "--trainer.max_steps=9"
     modal run --detach modal_app.py --config configs/<name>.yaml --gpu H100:2
     CLUSTER_NODES=2 modal run --detach modal_app.py --config configs/<name>.yaml --nodes 2
+{%- if cookiecutter.task == 'language_model' %}
     modal run modal_app.py::prepare_text --path /vol/data/corpus.txt
+{%- endif %}
     modal deploy modal_app.py                          # keeps the TensorBoard endpoint up
 
 The file reads top to bottom: the image, the Volumes, the training functions, the entrypoint,
-then the helpers (GPU check, data preparation, TensorBoard).
+then the helpers ({% if cookiecutter.task == 'language_model' %}GPU check, data preparation{% else %}extrapolation{% endif %}, TensorBoard).
 
 What happens where:
 - On your machine, `main` checks every input with `{{ cookiecutter.package_name }}.launch` (config path, run id,
@@ -49,7 +51,11 @@ import modal.experimental
 
 try:
     from {{ cookiecutter.package_name }} import launch
+{%- if cookiecutter.task == 'language_model' %}
     from {{ cookiecutter.package_name }}.runid import checkpoint_path, pretrained_folder
+{%- else %}
+    from {{ cookiecutter.package_name }}.runid import checkpoint_path
+{%- endif %}
 except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
     print(
         f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
@@ -149,9 +155,11 @@ image = (
 data_volume = modal.Volume.from_name(f"{APP_NAME}-data", create_if_missing=True)
 runs_volume = modal.Volume.from_name(f"{APP_NAME}-runs", create_if_missing=True)
 logs_volume = modal.Volume.from_name(f"{APP_NAME}-logs", create_if_missing=True)
-# Pretrained weights fetched by huggingface_hub (--model.net.init_from=<hub id>) land here once
+{% if cookiecutter.task == 'language_model' %}# Pretrained weights fetched by huggingface_hub (--model.net.init_from=<hub id>) land here once
 # and every later container reads them from the cache instead of downloading them again.
-hf_volume = modal.Volume.from_name(f"{APP_NAME}-hf-cache", create_if_missing=True)
+{% else %}# HF_HOME, and Triton's compiled kernels (MOUNTS.triton): compiled once, read by every later
+# container.
+{% endif %}hf_volume = modal.Volume.from_name(f"{APP_NAME}-hf-cache", create_if_missing=True)
 VOLUMES = {
     str(MOUNTS.data): data_volume,
     str(MOUNTS.runs): runs_volume,
@@ -391,6 +399,7 @@ def main(
     call = fn.spawn(request.config, request.overrides, request.run_id, kernels)
     print(f"training {request.config} on {where}: function call {call.object_id}", flush=True)
     call.get()
+{%- if cookiecutter.task == 'language_model' %}
 
 
 # --- GPU proof ------------------------------------------------------------------------------
@@ -410,6 +419,11 @@ def gpu_check(sections: str = "kernels,parity,throughput,profile") -> str:
     out = Path("/tmp/gpu_check.json")
     subprocess.run(gpu_check_command(sections, out), check=True, cwd=HERE, env=package_env())
     return out.read_text(encoding="utf-8")
+{%- else %}
+
+
+# --- Other sequence lengths -----------------------------------------------------------------
+{%- endif %}
 
 
 def extrapolate_command(run_id: str, lengths: str, checkpoint: str) -> list[str]:
@@ -429,6 +443,7 @@ def extrapolate(run_id: str, lengths: str = "2^6..2^20", checkpoint: str = "last
     code = subprocess.run(command, cwd=HERE, env=package_env()).returncode
     if code != 0:
         raise SystemExit(code)  # the command printed its one-line reason
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def evaluate_command(
@@ -543,6 +558,11 @@ def prepare_text(path: str) -> None:
         raise ValueError(f"--path {path!r} is outside the data Volume; use {MOUNTS.data}/<name>.")
     import_module(f"{PACKAGE}.data").TextFile(path=path).prepare_data()
     data_volume.commit()
+{%- else %}
+
+
+# --- TensorBoard ----------------------------------------------------------------------------
+{%- endif %}
 
 
 class ReloadingLogs:

@@ -1,12 +1,14 @@
-"""What the tests share: the project's paths and the tiny model the CLI tests train."""
+"""What the tests share: the project's paths and the tiny models the CLI tests train."""
 
 from pathlib import Path
-
+{% if cookiecutter.task == 'language_model' %}
 import pytest
-
+{% endif %}
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
+{%- if cookiecutter.task == 'language_model' %}
 LANGUAGE_MODEL = f"--model={PACKAGE}.module.LanguageModelling"
+{%- endif %}
 CLASSIFIER = f"--model={PACKAGE}.module.Classification"
 
 # The smallest model the CLI tests train: the pure-PyTorch twin, one layer of d_model 16.
@@ -20,8 +22,11 @@ TINY_BACKBONE = [
     "--model.net.backbone.chunk_size=16",
 ]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+{%- if cookiecutter.task == 'language_model' %}
 TINY = [LANGUAGE_MODEL, *TINY_BACKBONE, *QUIET]
+{%- endif %}
 TINY_CLASSIFIER = [CLASSIFIER, *TINY_BACKBONE, *QUIET]
+{%- if cookiecutter.task == 'language_model' %}
 # Selective copying small enough for many CPU steps a second: 24 batches an epoch.
 TINY_COPYING = [
     f"--data={PACKAGE}.data.SelectiveCopying",
@@ -31,6 +36,24 @@ TINY_COPYING = [
     "--data.num_train_samples=96",
     "--data.num_val_samples=8",
 ]
+{%- endif %}
+# Two classes of series, as small: 24 batches an epoch.
+TINY_SERIES = [
+    f"--data={PACKAGE}.data.SyntheticSeries",
+    "--data.seq_len=48",
+    "--data.num_classes=2",
+    "--data.batch_size=4",
+    "--data.num_train_samples=96",
+    "--data.num_val_samples=8",
+]
+# The task this project was made for: the model and the data of the tests of what every run
+# does (resume, several processes, the run folder).
+{%- if cookiecutter.task == 'language_model' %}
+TASK_MODEL, TINY_MODEL, TINY_DATA = LANGUAGE_MODEL, TINY, TINY_COPYING
+{%- else %}
+TASK_MODEL, TINY_MODEL, TINY_DATA = CLASSIFIER, TINY_CLASSIFIER, TINY_SERIES
+{%- endif %}
+{%- if cookiecutter.task == 'language_model' %}
 
 CORPUS = "the cat sat on the mat. the dog sat on the log. a cat and a dog. " * 30
 
@@ -55,3 +78,4 @@ def bpe_tokenizer(path: Path, vocab_size: int = 300) -> Path:
 @pytest.fixture
 def tokenizer_json(tmp_path) -> Path:
     return bpe_tokenizer(tmp_path / "tokenizer.json")
+{%- endif %}

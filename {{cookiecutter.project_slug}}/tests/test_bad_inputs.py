@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSIFIER, LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
+from conftest import CLASSIFIER, PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.devices import float64_works
 
 DATA = f"--data={PACKAGE}.data"
-# A tiny selective-copying run on the CPU; each case changes one thing.
+# A tiny run of the task this project was made for, on the CPU; each case changes one thing.
 FIT = [
     "fit",
     "--seed_everything=0",
-    LANGUAGE_MODEL,
+    TASK_MODEL,
     *TINY_BACKBONE,
-    *TINY_COPYING,
+    *TINY_DATA,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.max_steps=2",
@@ -68,9 +68,17 @@ ARGUMENTS = {
     "negative_weight_decay": (["--model.weight_decay=-1"], "weight_decay=-1.0 must be >= 0"),
     "negative_warmup": (["--model.warmup_steps=-5"], "warmup_steps=-5 must be >= 0"),
     "min_lr_ratio_above_one": (["--model.min_lr_ratio=2"], "min_lr_ratio=2.0 must be in [0, 1]"),
+{%- if cookiecutter.task == 'language_model' %}
     "pooling_on_a_language_model": (["--model.net.pooling=max"], "'pooling' is not accepted"),
+{%- else %}
+    "pooling_unknown": (["--model.net.pooling=max"], "Got value: max"),
+{%- endif %}
     "unknown_kernel_policy": (["--model.kernels=sometimes"], "Got value: sometimes"),
+{%- if cookiecutter.task == 'language_model' %}
     "classes_on_a_language_model": (["--model.net.num_classes=3"], "'num_classes' is not"),
+{%- else %}
+    "vocabulary_on_a_classifier": (["--model.net.vocab_size=3"], "'vocab_size' is not"),
+{%- endif %}
     "run_id_with_a_path": (["--run.id=../other"], "run.id='../other': use only letters"),
     "run_id_with_a_space": (["--run.id=my run"], "run.id='my run': use only letters"),
     "run_id_starting_with_a_dot": (["--run.id=.hidden"], "run.id='.hidden': use only letters"),
@@ -78,21 +86,31 @@ ARGUMENTS = {
     "checkpoint_minutes_zero": (["--run.checkpoint_minutes=0"], "checkpoint_minutes=0.0 must"),
     "checkpoint_minutes_negative": (["--run.checkpoint_minutes=-1"], "checkpoint_minutes=-1.0"),
     "unknown_run_key": (["--run.folder=x"], "run.folder"),
+{%- if cookiecutter.task == 'language_model' %}
     "monitor_not_logged": (
         ["--data.val_lengths=[48]", "--run.monitor=val/acc@84"],
         "run.monitor: monitor='val/acc@84' is not a metric this run logs; did you mean val/acc@48?",
     ),
+{%- else %}
+    "monitor_not_logged": (
+        ["--run.monitor=val/f2"],
+        "run.monitor: monitor='val/f2' is not a metric this run logs; did you mean val/f1?",
+    ),
+{%- endif %}
     "monitor_mode_unknown": (["--run.mode=higher"], "Got value: higher"),
+{%- if cookiecutter.task == 'language_model' %}
     "val_length_too_short": (["--data.val_lengths=[4]"], "num_tokens=4 does not fit in seq_len=4"),
     "copying_longer_than_context": (["--data.num_tokens=30"], "num_tokens=30 does not fit"),
     "copying_nothing": (["--data.num_tokens=0"], "num_tokens=0 gives nothing to copy"),
     "copying_one_symbol": (["--data.num_symbols=1"], "num_symbols=1 leaves nothing"),
+{%- endif %}
     "batch_size_zero": (["--data.batch_size=0"], "batch_size=0 must be positive"),
     "num_workers_negative": (["--data.num_workers=-1"], "num_workers=-1 is negative"),
     "seed_negative": (["--data.seed=-3"], "seed=-3 is negative"),
     "no_train_samples": (["--data.num_train_samples=0"], "num_train_samples=0 must be"),
     "no_val_samples": (["--data.num_val_samples=0"], "num_val_samples=0 must be"),
     "unknown_data_class": ([f"{DATA}.Nope"], "has no attribute 'Nope'"),
+{%- if cookiecutter.task == 'language_model' %}
     "induction_one_symbol": (
         [f"{DATA}.InductionHeads", "--data.num_symbols=1"],
         "num_symbols=1 leaves nothing to recall",
@@ -101,6 +119,7 @@ ARGUMENTS = {
         [f"{DATA}.InductionHeads", "--data.seq_len=2"],
         "seq_len=2 has no room",
     ),
+{%- endif %}
     "series_one_class": (
         [f"{DATA}.SyntheticSeries", "--data.num_classes=1", "--data.seq_len=128"],
         "num_classes=1 is not a classification",
@@ -177,9 +196,12 @@ def without_loops(folder: Path) -> str:
 
 
 # --- data files and checkpoints: folder -> (extra arguments, piece of the message)
+{%- if cookiecutter.task == 'language_model' %}
 TEXT = [f"{DATA}.TextFile", "--data.seq_len=16"]
-ARRAYS = [f"{DATA}.ArrayClassification"]
+{%- endif %}
+ARRAYS = [f"{DATA}.ArrayClassification", "--data.num_classes=null"]  # not FIT's: the labels' own
 FILES = {
+{%- if cookiecutter.task == 'language_model' %}
     "text_missing": lambda d: (
         [*TEXT, f"--data.path={d}/nothing.txt"],
         "nothing.txt' does not exist",
@@ -209,6 +231,7 @@ FILES = {
         [*TEXT, "--data.path=" + text(d, "a.txt", b"x" * 100), "--data.seq_len=0"],
         "seq_len=0 must be positive",
     ),
+{%- endif %}
     "arrays_missing": lambda d: ([*ARRAYS, f"--data.path={d}/none.npz"], "does not exist"),
     "arrays_csv": lambda d: (
         [*ARRAYS, "--data.path=" + text(d, "x.csv", b"1,2,3\n")],
@@ -318,6 +341,7 @@ def test_bad_file_stops_with_one_line_and_writes_nothing(case, tmp_path, capsys)
     inputs = sorted(folder.rglob("*"))
     assert_one_line_and_nothing_written(args, message, tmp_path / "runs", capsys)
     assert sorted(folder.rglob("*")) == inputs  # no cache beside a rejected file either
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_a_start_stopped_by_bad_data_never_says_it_is_writing_a_run(tmp_path, caplog):
@@ -329,6 +353,7 @@ def test_a_start_stopped_by_bad_data_never_says_it_is_writing_a_run(tmp_path, ca
     assert "writing to" not in caplog.text
     main([*FIT, f"--run.root={tmp_path / 'runs'}", "--run.id=good"])  # a good start says it
     assert f"run good: writing to {tmp_path / 'runs' / 'good'}" in caplog.text
+{%- endif %}
 
 
 @pytest.fixture(scope="module")
@@ -344,15 +369,25 @@ def trained_run(tmp_path_factory) -> Path:
     [
         (
             ["--model.net.backbone.d_model=32"],
+{%- if cookiecutter.task == 'language_model' %}
             "net.backbone.embedding.weight is (16, 16) there, (16, 32)",
+{%- else %}
+            "net.input_proj.weight is (16, 4) there, (32, 4)",
+{%- endif %}
         ),
         (["--model.net.backbone.n_layer=2"], "it has no net.backbone.layers.1."),
+{%- if cookiecutter.task == 'language_model' %}
         (
             ["--data.num_symbols=16"],
             "net.backbone.embedding.weight is (16, 16) there, (24, 16) here",
         ),
     ],
     ids=["wider", "deeper", "larger_vocabulary"],
+{%- else %}
+        (["--data.num_channels=3"], "net.input_proj.weight is (16, 4) there, (16, 3) here"),
+    ],
+    ids=["wider", "deeper", "more_channels"],
+{%- endif %}
 )
 def test_resuming_a_run_with_another_model_stops_and_leaves_the_run_as_it_was(
     args, message, trained_run, capsys
@@ -376,13 +411,19 @@ EVALUATIONS = {
     "predict_without_a_checkpoint": (["predict"], "predict needs trained weights"),
     "validate_a_wider_model": (
         ["validate", "--model.net.backbone.d_model=32", "{ckpt}"],
+{%- if cookiecutter.task == 'language_model' %}
         "holds another model than this config builds (net.backbone.embedding.weight is "
         "(16, 16) there, (16, 32) here); validate it with the config it was trained with",
+{%- else %}
+        "holds another model than this config builds (net.input_proj.weight is "
+        "(16, 4) there, (32, 4) here); validate it with the config it was trained with",
+{%- endif %}
     ),
     "test_a_deeper_model": (
         ["test", "--model.net.backbone.n_layer=2", "{ckpt}"],
         "holds another model than this config builds (it has no net.backbone.layers.1.",
     ),
+{%- if cookiecutter.task == 'language_model' %}
     "predict_with_a_classifier": (
         ["predict", CLASSIFIER, *TINY_BACKBONE, f"{DATA}.SyntheticSeries", "--data.seq_len=96"]
         + ["{ckpt}"],
@@ -392,6 +433,12 @@ EVALUATIONS = {
         ["test", *TEXT, "--data.path={text}", "{ckpt}"],
         "TextFile: has no test split; fit and test with data.test_fraction=0.05",
     ),
+{%- else %}
+    "predict_with_other_classes": (
+        ["predict", "--data.num_classes=3", "--data.seq_len=96", "{ckpt}"],
+        "holds another model than this config builds",
+    ),
+{%- endif %}
     "test_arrays_without_a_test_split": (
         ["test", CLASSIFIER, *TINY_BACKBONE, *ARRAYS, "--data.path={arrays}", "{ckpt}"],
         "ArrayClassification: has no test split; give your held-out samples as data.test_path",
@@ -405,7 +452,9 @@ def test_evaluating_the_wrong_weights_stops_with_one_line(
 ):
     files = {
         "ckpt": "--ckpt_path=" + str(trained_run / "run" / "checkpoints" / "last.ckpt"),
+{%- if cookiecutter.task == 'language_model' %}
         "text": text(tmp_path, "a.txt", b"some text to read " * 20),
+{%- endif %}
         "arrays": arrays(tmp_path, "a.npz", x=X, y=Y),
     }
     command, *rest = [arg.format(**files) for arg in args]
@@ -417,6 +466,7 @@ def test_evaluating_the_wrong_weights_stops_with_one_line(
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Traceback" not in err and len(errors) == 1 and message in errors[0], err
     assert not (tmp_path / "runs").exists() and sorted(trained_run.rglob("*")) == before
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_bad_data_found_by_lightning_setup_leaves_no_event_file(tmp_path, capsys):
@@ -429,6 +479,7 @@ def test_bad_data_found_by_lightning_setup_leaves_no_event_file(tmp_path, capsys
         main([*FIT, f"--run.root={root}", *args])
     assert message in capsys.readouterr().err
     assert list(root.iterdir()) == []
+{%- endif %}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -448,7 +499,7 @@ def test_bad_input_exits_2_with_one_line_from_the_command_line(tmp_path):
 
 
 def test_bad_file_exits_2_with_one_line_from_the_command_line(tmp_path):
-    args, message = FILES["text_not_utf8"](tmp_path)
+    args, message = FILES["{{ 'text_not_utf8' if cookiecutter.task == 'language_model' else 'arrays_csv' }}"](tmp_path)
     done = run_cli(f"--run.root={tmp_path / 'runs'}", *args)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr

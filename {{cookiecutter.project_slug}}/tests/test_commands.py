@@ -1,45 +1,69 @@
+{% if cookiecutter.task == 'language_model' -%}
 """The commands off the happy path: predict writes its predictions, test reads a split that
 validation never sees, generate and export keep a run's tokenizer, a fit of no steps leaves no
 run behind, and a mistyped command lists every command."""
+{%- else -%}
+"""The commands off the happy path: predict writes its predictions, test reads a split that
+validation never sees, a fit of no steps leaves no run behind, and a mistyped command lists
+every command."""
+{%- endif %}
 
 import json
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, PACKAGE, TINY, TINY_CLASSIFIER, TINY_COPYING, bpe_tokenizer
+{%- if cookiecutter.task == 'language_model' %}
+from conftest import (
+    CORPUS,
+    PACKAGE,
+    TINY,
+    TINY_CLASSIFIER,
+    TINY_COPYING,
+    TINY_SERIES,
+    bpe_tokenizer,
+)
+{%- else %}
+from conftest import TINY_CLASSIFIER, TINY_SERIES
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.cli import COMMAND_LIST, main
+{%- if cookiecutter.task == 'language_model' %}
 from {{ cookiecutter.package_name }}.data import (
     InductionHeads,
     SelectiveCopying,
     SyntheticSeries,
     TextFile,
 )
+{%- else %}
+from {{ cookiecutter.package_name }}.data import SyntheticSeries
+{%- endif %}
 
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
-TINY_SERIES = [
-    f"--data={PACKAGE}.data.SyntheticSeries",
-    "--data.num_classes=2",
-    "--data.seq_len=48",
-    "--data.batch_size=4",
-    "--data.num_train_samples=16",
-    "--data.num_val_samples=6",
-]
 RUNS = {  # run id -> the arguments of its model and data
+{%- if cookiecutter.task == 'language_model' %}
     "copying": [*TINY, *TINY_COPYING, *CPU],
+{%- endif %}
     "series": [*TINY_CLASSIFIER, *TINY_SERIES, *CPU],
+{%- if cookiecutter.task == 'language_model' %}
     "bpe": [*TINY, f"--data={PACKAGE}.data.TextFile", "--data.seq_len=16", *CPU]
     + ["--data.path={root}/corpus.txt", "--data.tokenizer={root}/tokenizer.json"],
+{%- endif %}
 }
+TASK_RUN = "{{ 'copying' if cookiecutter.task == 'language_model' else 'series' }}"  # of the task this project was made for
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
+{%- if cookiecutter.task == 'language_model' %}
     """A language model, a classifier and a language model of a 300-token BPE tokenizer,
     each after two steps of fit."""
     root = tmp_path_factory.mktemp("runs")
     (root / "corpus.txt").write_text(CORPUS)
     bpe_tokenizer(root / "tokenizer.json")
+{%- else %}
+    """A classifier after two steps of fit."""
+    root = tmp_path_factory.mktemp("runs")
+{%- endif %}
     for run_id, args in RUNS.items():
         args = [arg.format(root=root) for arg in args]
         main(["fit", *args, "--trainer.max_steps=2", f"--run.root={root}", f"--run.id={run_id}"])
@@ -51,6 +75,7 @@ def predict(runs: Path, run_id: str) -> list[dict]:
     main(["predict", *RUNS[run_id], f"--ckpt_path={ckpt}", f"--run.root={runs}"])
     path = runs / run_id / "predictions" / "last.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_predict_writes_each_samples_next_token_predictions_beside_the_run(runs, caplog):
@@ -62,11 +87,12 @@ def test_predict_writes_each_samples_next_token_predictions_beside_the_run(runs,
     assert f"wrote 8 predictions to {runs / 'copying' / 'predictions' / 'last.jsonl'}" in (
         caplog.text
     )
+{%- endif %}
 
 
 def test_predict_writes_each_series_class_and_probabilities(runs):
     rows = predict(runs, "series")
-    assert len(rows) == 6
+    assert len(rows) == 8  # num_val_samples
     for row in rows:
         assert set(row) == {"index", "class", "probabilities", "label"}
         assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-5)
@@ -76,17 +102,20 @@ def test_predict_writes_each_series_class_and_probabilities(runs):
 @pytest.mark.parametrize(
     "data",
     [
+{%- if cookiecutter.task == 'language_model' %}
         SelectiveCopying(seq_len=24, num_tokens=4),
         InductionHeads(seq_len=16),
+{%- endif %}
         SyntheticSeries(seq_len=48, num_classes=2),
     ],
-    ids=["copying", "induction", "series"],
+    ids=[{% if cookiecutter.task == 'language_model' %}"copying", "induction", {% endif %}"series"],
 )
 def test_generated_tasks_test_on_samples_that_validation_never_sees(data):
     val, test = data.dataset("val"), data.dataset("test")
     assert len(test) == len(val)
     seen = {tuple(val[i][0].flatten().tolist()) for i in range(len(val))}
     assert not any(tuple(test[i][0].flatten().tolist()) in seen for i in range(len(test)))
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_text_holds_out_its_last_test_fraction_for_test(tmp_path):
@@ -96,11 +125,12 @@ def test_text_holds_out_its_last_test_fraction_for_test(tmp_path):
     data.setup()
     assert data.bounds == {"train": (0, 1520), "val": (1520, 1710), "test": (1710, 1900)}
     assert data.has_test_split() and not TextFile(str(path), seq_len=8).has_test_split()
+{%- endif %}
 
 
 def test_test_reports_the_test_split_not_validation_again(runs):
-    ckpt = runs / "copying" / "checkpoints" / "last.ckpt"
-    args = [*RUNS["copying"], f"--ckpt_path={ckpt}", f"--run.root={runs}"]
+    ckpt = runs / TASK_RUN / "checkpoints" / "last.ckpt"
+    args = [*RUNS[TASK_RUN], f"--ckpt_path={ckpt}", f"--run.root={runs}"]
     val = main(["validate", *args]).trainer.callback_metrics
     test = main(["test", *args]).trainer.callback_metrics
     assert float(test["test/loss"]) != float(val["val/loss"])
@@ -112,7 +142,8 @@ def test_a_mistyped_command_lists_every_command(capsys):
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: 'fitt' is not a command; did you mean fit?")
-    assert all(command in line for command in COMMAND_LIST) and len(COMMAND_LIST) == 8
+    assert all(command in line for command in COMMAND_LIST) and len(COMMAND_LIST) == {{ 8 if cookiecutter.task == 'language_model' else 5 }}
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def generate(*args: str) -> int:
@@ -120,13 +151,16 @@ def generate(*args: str) -> int:
         main(["generate", *args, "--prompt=the cat", "--max_new_tokens=3"])
         raise SystemExit(0)
     return stopped.value.code
+{%- endif %}
 
 
 @pytest.mark.parametrize(
     ("command", "options"),
     [
+{%- if cookiecutter.task == 'language_model' %}
         ("generate", "prompt: [a]\nmax_new_tokens: 2\n"),
         ("export", "format: hf\nout: exported\n"),
+{%- endif %}
         ("extrapolate", "lengths: 2^6..2^8\nsamples: 4\n"),
         ("extrapolate", "lengths: [64, 256]\n"),
     ],
@@ -142,6 +176,7 @@ def test_each_command_takes_its_options_from_a_config_file(command, options, tmp
     assert stop.value.code == 2
     assert err == f"error: --ckpt_path={missing}: no such file; give a .ckpt written by fit\n"
     assert not (Path.cwd() / "exported").exists()
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_generate_refuses_a_tokenizer_other_than_the_models_own(runs, capsys):
@@ -169,12 +204,13 @@ def test_export_ships_the_runs_tokenizer_and_the_folder_generates_with_it(
     assert generate(f"--ckpt_path={ckpt}") == 0
     assert capsys.readouterr().out == from_folder  # the same ids, decoded the same way
     assert generate(f"--pretrained={out}", "--tokenizer=bytes") == 2
+{%- endif %}
 
 
 @pytest.mark.parametrize("limit", ["--trainer.max_steps=0", "--trainer.max_epochs=0"])
 def test_a_fit_that_trains_no_step_leaves_no_run_and_names_no_checkpoint(limit, tmp_path, caplog):
     root = tmp_path / "runs"
-    main(["fit", *RUNS["copying"], limit, f"--run.root={root}", "--run.id=none"])
+    main(["fit", *RUNS[TASK_RUN], limit, f"--run.root={root}", "--run.id=none"])
     assert not root.exists(), sorted(root.rglob("*"))
     assert "run none: finished at step 0" in caplog.text
     assert "last checkpoint" not in caplog.text and "curves" not in caplog.text

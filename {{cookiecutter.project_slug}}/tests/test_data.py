@@ -1,3 +1,4 @@
+{% if cookiecutter.task == 'language_model' -%}
 """Specification of the data modules: batch formats, seeding, the text cache, tokenizers and
 bad-data errors."""
 
@@ -16,6 +17,15 @@ from {{ cookiecutter.package_name }}.data import (
     TextFile,
 )
 from {{ cookiecutter.package_name }}.data import text as text_data
+{%- else -%}
+"""Specification of the data modules: batch formats, seeding and bad-data errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.data import ArrayClassification, SyntheticSeries
+{%- endif %}
 
 SMALL = {"num_train_samples": 64, "num_val_samples": 32, "batch_size": 8}
 
@@ -23,6 +33,7 @@ SMALL = {"num_train_samples": 64, "num_val_samples": 32, "batch_size": 8}
 def first_batch(dm, split="train"):
     dm.setup("fit")
     return next(iter(dm.loader(split)))
+{%- if cookiecutter.task == 'language_model' %}
 
 
 # Synthetic language-model tasks
@@ -58,6 +69,7 @@ def test_induction_heads_scores_only_the_symbol_after_the_first_trigger():
         assert inputs[-1] == dm.trigger_id and where < 22
         assert targets[-1] == inputs[where + 1]
         assert (targets[:-1] == -100).all()
+{%- endif %}
 
 
 def test_synthetic_series_batches_are_float_series_with_class_labels():
@@ -83,7 +95,7 @@ def test_synthetic_series_class_shows_in_frequency_not_in_channel_means():
     assert (nearest == y).float().mean() < 0.45  # chance is 0.25
 
 
-@pytest.mark.parametrize("cls", [SelectiveCopying, InductionHeads, SyntheticSeries])
+@pytest.mark.parametrize("cls", [{% if cookiecutter.task == 'language_model' %}SelectiveCopying, InductionHeads, {% endif %}SyntheticSeries])
 def test_synthetic_items_depend_only_on_seed_split_and_index(cls):
     a, b = cls(seed=1, **SMALL).dataset("train"), cls(seed=1, **SMALL).dataset("train")
     for i in range(5):
@@ -94,7 +106,7 @@ def test_synthetic_items_depend_only_on_seed_split_and_index(cls):
 
 
 def test_worker_processes_produce_the_same_batches():
-    dm = SelectiveCopying(seq_len=32, num_tokens=4, **SMALL)
+    dm = {{ 'SelectiveCopying(seq_len=32, num_tokens=4' if cookiecutter.task == 'language_model' else 'SyntheticSeries(seq_len=48, num_classes=2' }}, **SMALL)
     serial = list(dm.val_dataloader())
     dm.num_workers = 2
     parallel = list(dm.val_dataloader())
@@ -104,18 +116,28 @@ def test_worker_processes_produce_the_same_batches():
 
 
 def test_changed_seq_len_applies_to_the_next_loader_and_is_checked():
+{%- if cookiecutter.task == 'language_model' %}
     dm = SelectiveCopying(seq_len=32, num_tokens=4, **SMALL)
     dm.seq_len = 64
     inputs, _ = next(iter(dm.train_dataloader()))
     assert inputs.shape == (8, 68)
     dm.seq_len = 4
     with pytest.raises(ValueError, match="num_tokens=4 does not fit in seq_len=4"):
+{%- else %}
+    dm = SyntheticSeries(seq_len=48, num_classes=2, **SMALL)
+    dm.seq_len = 96
+    inputs, _ = next(iter(dm.train_dataloader()))
+    assert inputs.shape == (8, 96, 4)
+    dm.seq_len = 4
+    with pytest.raises(ValueError, match="needs seq_len >= 48"):
+{%- endif %}
         dm.train_dataloader()
 
 
 @pytest.mark.parametrize(
     ("cls", "kwargs", "message"),
     [
+{%- if cookiecutter.task == 'language_model' %}
         (
             SelectiveCopying,
             {"seq_len": 256, "num_tokens": 300},
@@ -126,6 +148,7 @@ def test_changed_seq_len_applies_to_the_next_loader_and_is_checked():
         (SelectiveCopying, {"seed": -1}, "seed=-1"),
         (InductionHeads, {"seq_len": 2}, "seq_len=2"),
         (InductionHeads, {"num_val_samples": 0}, "num_val_samples=0"),
+{%- endif %}
         (SyntheticSeries, {"num_classes": 10, "seq_len": 128}, "needs seq_len >= 240"),
         (SyntheticSeries, {"num_classes": 1}, "num_classes=1"),
         (SyntheticSeries, {"noise": -0.5}, "noise=-0.5"),
@@ -135,6 +158,7 @@ def test_changed_seq_len_applies_to_the_next_loader_and_is_checked():
 def test_rejects_bad_arguments_naming_the_class_and_value(cls, kwargs, message):
     with pytest.raises(ValueError, match=f"^{cls.__name__}: .*{message}"):
         cls(**kwargs)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 # Text files
@@ -318,6 +342,7 @@ def test_text_rejects_a_tokenizer_that_is_not_there(tmp_path):
     (tmp_path / "a.txt").write_text(CORPUS)
     with pytest.raises(FileNotFoundError, match=r"tokenizer='./nope.json': no such tokenizer"):
         text_module(tmp_path / "a.txt", tokenizer="./nope.json")
+{%- endif %}
 
 
 # Array classification
@@ -429,6 +454,7 @@ def test_array_rejects_missing_files_and_unclear_layouts(tmp_path):
     narrow = write_npz(tmp_path / "narrow.npz", x=x[..., :1], y=y)
     with pytest.raises(ValueError, match=r"narrow.npz has C=1 channels but .* has C=3"):
         ArrayClassification(write_npz(tmp_path / "d.npz", x=x, y=y), val_path=narrow)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_val_lengths_add_a_validation_loader_per_length_named_by_it():
@@ -439,3 +465,4 @@ def test_val_lengths_add_a_validation_loader_per_length_named_by_it():
     assert next(iter(short))[0].shape == (4, 16) and next(iter(long))[0].shape == (4, 64)
     assert dm.val_suffixes == ("", "@64")
     assert InductionHeads(seq_len=16).val_dataloader().dataset.size == 1000  # one loader
+{%- endif %}

@@ -10,7 +10,7 @@ batch B see, step for step, the samples that one process sees with batch 2B:
     rank 0, batch 4         [s0 s2 s4 s6]              [s8 ...
     rank 1, batch 4         [s1 s3 s5 s7]              [s9 ...
 
-Selective copying scores the same number of targets in every sample, so the mean of the ranks'
+{% if cookiecutter.task == 'language_model' %}Selective copying scores the same number of targets in every sample{% else %}A classifier scores one label per sample{% endif %}, so the mean of the ranks'
 losses is the loss of the whole batch and DDP's averaged gradient is its gradient: the two
 trainings are the same computation, up to the order of floating-point additions.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, QUIET, TINY_BACKBONE
+from conftest import PACKAGE, PROJECT, QUIET, TASK_MODEL, TINY_BACKBONE, TINY_DATA
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 SAMPLES = 64
@@ -49,7 +49,7 @@ TIMEOUT_S = 180
 
 TINY = [
     "--seed_everything=0",
-    LANGUAGE_MODEL,
+    TASK_MODEL,
     *TINY_BACKBONE,
     "--model.kernels=off",
     # A constant learning rate: the schedule would otherwise depend on max_steps, and the
@@ -62,13 +62,7 @@ TINY = [
     "--trainer.log_every_n_steps=1",
     *QUIET,
 ]
-DATA = [
-    f"--data={PACKAGE}.data.SelectiveCopying",
-    "--data.seq_len=24",
-    "--data.num_tokens=4",
-    f"--data.num_train_samples={SAMPLES}",
-    "--data.num_val_samples=8",
-]
+DATA = [*TINY_DATA, f"--data.num_train_samples={SAMPLES}"]
 # Set by a launcher such as torchrun or a cluster; inherited, they would join another job.
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
 

@@ -4,24 +4,33 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PACKAGE, TINY, TINY_CLASSIFIER
+from conftest import PACKAGE, {% if cookiecutter.task == 'language_model' %}TINY, {% endif %}TINY_CLASSIFIER
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands import parse_lengths
 
 TASKS = {
+{%- if cookiecutter.task == 'language_model' %}
     "induction_heads": [
         f"--data={PACKAGE}.data.InductionHeads",
         "--data.seq_len=32",
         "--data.num_symbols=4",
     ],
+{%- endif %}
     "series": [
         f"--data={PACKAGE}.data.SyntheticSeries",
         "--data.seq_len=48",
         "--data.num_classes=2",
     ],
 }
-TINIES = {"induction_heads": TINY, "series": TINY_CLASSIFIER}
+TINIES = {
+{%- if cookiecutter.task == 'language_model' %}
+    "induction_heads": TINY,
+{%- endif %}
+    "series": TINY_CLASSIFIER,
+}
+TASK = "{{ 'induction_heads' if cookiecutter.task == 'language_model' else 'series' }}"  # the task this project was made for
+TRAINED_AT = int(TASKS[TASK][1].split("=")[1])  # its seq_len
 DATA = ["--data.batch_size=8", "--data.num_train_samples=64", "--data.num_val_samples=24"]
 
 
@@ -32,9 +41,9 @@ def trained(tmp_path: Path, task: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def induction_ckpt(tmp_path_factory) -> Path:
-    """One trained InductionHeads checkpoint for the tests that only read it."""
-    return trained(tmp_path_factory.mktemp("trained"), "induction_heads")
+def task_ckpt(tmp_path_factory) -> Path:
+    """One trained checkpoint of TASK for the tests that only read it."""
+    return trained(tmp_path_factory.mktemp("trained"), TASK)
 
 
 def test_lengths_take_lists_powers_and_ranges_of_powers():
@@ -42,7 +51,7 @@ def test_lengths_take_lists_powers_and_ranges_of_powers():
     assert parse_lengths("300, 2^4") == [16, 300]
 
 
-@pytest.mark.parametrize("task", ["induction_heads", "series"])
+@pytest.mark.parametrize("task", list(TASKS))
 def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tmp_path, capsys):
     ckpt = trained(tmp_path, task)
     trained_at = int(TASKS[task][1].split("=")[1])
@@ -65,18 +74,16 @@ def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tm
     assert f"{4 * trained_at:9d} |" in capsys.readouterr().out
 
 
-def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(
-    induction_ckpt, tmp_path, capsys
-):
+def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(task_ckpt, tmp_path, capsys):
     out = tmp_path / "lengths.json"
     main(
-        ["extrapolate", f"--ckpt_path={induction_ckpt}", "--lengths=32,2^20", "--samples=8"]
+        ["extrapolate", f"--ckpt_path={task_ckpt}", f"--lengths={TRAINED_AT},2^20", "--samples=8"]
         + [f"--out={out}", "--max_cpu_minutes=0.5"]
     )
     report = json.loads(out.read_text())
-    assert list(report["lengths"]) == ["32"]
+    assert list(report["lengths"]) == [str(TRAINED_AT)]
     minutes = report["skipped_projected_cpu_minutes"]["1048576"]
-    assert minutes > 0.5  # 2^20 x 8 tokens at the measured rate of length 32
+    assert minutes > 0.5  # 2^20 x 8 tokens at the measured rate of the trained length
     printed = capsys.readouterr().out
     assert "1048576 | not run: about" in printed and "run it on a GPU" in printed
 
@@ -92,14 +99,14 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_arguments_stop_with_one_line_and_write_nothing(
-    case, induction_ckpt, tmp_path, capsys, monkeypatch
+    case, task_ckpt, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    folders = (tmp_path, induction_ckpt.parents[1])  # where we are, and the run's folder
+    folders = (tmp_path, task_ckpt.parents[1])  # where we are, and the run's folder
     before = [sorted(folder.rglob("*")) for folder in folders]
     args, message = BAD[case]
     with pytest.raises(SystemExit) as stop:
-        main(["extrapolate", f"--ckpt_path={induction_ckpt}", *args])
+        main(["extrapolate", f"--ckpt_path={task_ckpt}", *args])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -107,7 +114,7 @@ def test_bad_arguments_stop_with_one_line_and_write_nothing(
 
 
 def test_a_checkpoint_of_another_kind_of_data_or_none_is_refused_in_one_line(
-    induction_ckpt, tmp_path, capsys
+    task_ckpt, tmp_path, capsys
 ):
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(SystemExit):
@@ -115,10 +122,11 @@ def test_a_checkpoint_of_another_kind_of_data_or_none_is_refused_in_one_line(
     assert "no such file" in capsys.readouterr().err
     import torch
 
-    saved = torch.load(induction_ckpt, weights_only=False)
-    saved["datamodule_hyper_parameters"]["_class_path"] = f"{PACKAGE}.data.TextFile"
-    torch.save(saved, tmp_path / "text.ckpt")
+    saved = torch.load(task_ckpt, weights_only=False)
+    other = "{{ 'TextFile' if cookiecutter.task == 'language_model' else 'ArrayClassification' }}"  # not generated
+    saved["datamodule_hyper_parameters"]["_class_path"] = f"{PACKAGE}.data.{other}"
+    torch.save(saved, tmp_path / "other.ckpt")
     with pytest.raises(SystemExit):
-        main(["extrapolate", f"--ckpt_path={tmp_path / 'text.ckpt'}", "--lengths=64"])
+        main(["extrapolate", f"--ckpt_path={tmp_path / 'other.ckpt'}", "--lengths=64"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a generated task with a seq_len" in err[0], err

@@ -1,3 +1,4 @@
+{% if cookiecutter.task == 'language_model' -%}
 """CUDA-graph replay (model.cuda_graphs): where it is refused, and that it changes nothing learned.
 
 The refusals run everywhere. The equality tests need a CUDA GPU with mamba-ssm: they train the
@@ -10,7 +11,7 @@ import importlib.util
 import lightning as L
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL
+from conftest import TASK_MODEL, TINY_DATA
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -20,6 +21,16 @@ from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.graphs import GraphedLoss, decide
 from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.module import LanguageModelling
+{%- else -%}
+"""CUDA-graph replay (model.cuda_graphs): where it is refused, on every machine."""
+
+import pytest
+import torch
+from conftest import TASK_MODEL, TINY_DATA
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.graphs import decide
+{%- endif %}
 
 SAFE = {
     "device_type": "cuda",
@@ -60,16 +71,14 @@ def test_cuda_graphs_on_without_a_gpu_stops_the_cli_with_one_line_and_writes_not
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = [
         "fit",
-        LANGUAGE_MODEL,
+        TASK_MODEL,
         "--model.net.backbone.d_model=16",
         "--model.net.backbone.n_layer=1",
         "--model.net.backbone.d_state=4",
         "--model.net.backbone.headdim=8",
         "--model.net.backbone.impl=reference",
         "--model.cuda_graphs=on",
-        "--data.class_path={{ cookiecutter.package_name }}.data.SelectiveCopying",
-        "--data.seq_len=24",
-        "--data.num_tokens=4",
+        *TINY_DATA,
         "--trainer.max_steps=2",
         f"--run.root={tmp_path}",
     ]
@@ -80,6 +89,7 @@ def test_cuda_graphs_on_without_a_gpu_stops_the_cli_with_one_line_and_writes_not
     assert err.startswith("error: model.cuda_graphs=on cannot be used: it needs a CUDA device")
     assert "Use model.cuda_graphs=auto" in err and len(err.splitlines()) == 1
     assert not any(tmp_path.rglob("*.ckpt")) and not any(tmp_path.rglob("events.out.*"))
+{%- if cookiecutter.task == 'language_model' %}
 
 
 # --------------------------------------------------------------------------- on a GPU
@@ -211,3 +221,4 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(mixer, graphs, tmp_path):
         f"first {resumed_losses[:3]} vs {whole_losses[19:23]}"
     )
     assert resumed_losses == pytest.approx(whole_losses[20:], rel=bound)
+{%- endif %}

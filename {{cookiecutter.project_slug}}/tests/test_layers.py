@@ -71,6 +71,7 @@ def test_the_gated_norm_gates_before_or_after_the_norm(norm_before_gate):
     groups = ops.gated_rms_norm(y, None, weight, 1e-5, 4, kernels=False)  # two groups of 4
     want_groups = torch.cat([rms(y[:, :4]), rms(y[:, 4:])], -1) * weight
     torch.testing.assert_close(groups, want_groups)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_decoding_reads_nothing_inside_a_mixer():
@@ -93,3 +94,4 @@ def test_decoding_reads_nothing_inside_a_mixer():
         inside |= {name for name in vars(cls) if not name.startswith("__")}
     allowed = {"allocate_inference_cache", "step", "training", "forward"}
     assert not (used & inside) - allowed
+{%- endif %}

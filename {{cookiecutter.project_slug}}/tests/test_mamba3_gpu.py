@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.backbone import BackboneConfig
-from {{ cookiecutter.package_name }}.mixers.mamba3 import Mamba3
-from {{ cookiecutter.package_name }}.model import MambaLM
-from {{ cookiecutter.package_name }}.scan import mamba3_scan
+{% if cookiecutter.task == 'language_model' %}from {{ cookiecutter.package_name }}.backbone import BackboneConfig
+{% endif %}from {{ cookiecutter.package_name }}.mixers.mamba3 import Mamba3
+{% if cookiecutter.task == 'language_model' %}from {{ cookiecutter.package_name }}.model import MambaLM
+{% endif %}from {{ cookiecutter.package_name }}.scan import mamba3_scan
 
 
 def _hopper() -> bool:
@@ -292,6 +292,7 @@ def test_step_after_prefill_matches_the_full_forward(kernels, options):
     errors = {"prompt": relative_error(got[:, :70], want[:, :70])}
     errors["steps"] = relative_error(got[:, 70:], want[:, 70:])
     assert_close_all(errors, tolerance, f"decode {options} kernels={kernels}")
+{%- if cookiecutter.task == 'language_model' %}
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -308,6 +309,7 @@ def test_float32_greedy_tokens_are_the_argmax_of_the_models_own_full_forward(bat
     want = model(out[:, :-1]).argmax(-1)[:, 69:]  # teacher-forced, at each decoded position
     agree = (want == out[:, 70:]).float().mean().item()
     assert agree == 1.0, f"greedy tokens equal the full forward's argmax at {agree:.1%}"
+{%- endif %}
 
 
 def _cute_step() -> bool:

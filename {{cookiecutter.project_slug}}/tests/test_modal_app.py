@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, QUIET, TINY_BACKBONE
+from conftest import PACKAGE, PROJECT, QUIET, TASK_MODEL, TINY_BACKBONE
 
 modal = pytest.importorskip("modal", reason="modal_app.py needs Modal: pip install modal")
 synchronizer = pytest.importorskip("modal._utils.async_utils").synchronizer
@@ -340,7 +340,9 @@ def test_local_files_come_last_and_ship_package_configs_and_pins(version):
         f"/root/{PACKAGE}/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
     }
     assert sources and sources <= shipped
+{%- if cookiecutter.task == 'language_model' %}
     assert "/root/benchmarks/gpu_check.py" in shipped  # for modal_app.gpu_check
+{%- endif %}
     assert "/root/scripts/install_gpu.py" in shipped  # modal_app.py builds its steps with it
     assert not any("__pycache__" in path or "/." in path for path in shipped)
 
@@ -360,6 +362,7 @@ def test_the_container_imports_modal_app_from_the_shipped_files_alone(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(root / PACKAGE / "__init__.py")
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
@@ -373,6 +376,7 @@ def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
         [*command[:2], "--help"], capture_output=True, text=True, env=modal_app.package_env()
     )
     assert help_text.returncode == 0 and "--sections" in help_text.stdout
+{%- endif %}
 
 
 def test_a_build_step_after_local_files_is_caught():
@@ -566,6 +570,18 @@ def import_with_cluster_nodes(value: str, monkeypatch):
 def test_without_cluster_nodes_the_app_defines_no_cluster_function():
     assert modal_app.CLUSTER_NODES == 0
     assert not hasattr(modal_app, "train_cluster")
+
+
+def test_the_app_runs_the_commands_of_the_task_this_project_was_made_for():
+    import modal
+
+    functions = {name for name, f in vars(modal_app).items() if isinstance(f, modal.Function)}
+{%- if cookiecutter.task == 'language_model' %}
+    commands = {"gpu_check", "extrapolate", "evaluate", "generate", "prepare_text"}
+{%- else %}
+    commands = {"extrapolate"}  # a classifier's: no language-model command, no GPU benchmark
+{%- endif %}
+    assert functions == {"train", "tensorboard", *commands}
 
 
 def test_cluster_function_spec_has_eight_gpus_per_node_rdma_retries_and_volumes(monkeypatch):
@@ -875,20 +891,23 @@ def test_extrapolate_evaluates_a_run_of_the_runs_volume_at_other_lengths(
 ):
     from {{ cookiecutter.package_name }}.cli import main
 
-    data = [f"--data={PACKAGE}.data.InductionHeads", "--data.seq_len=32"]
+    task, length = {{ '("InductionHeads", 32)' if cookiecutter.task == 'language_model' else '("SyntheticSeries", 96)' }}
+    data = [f"--data={PACKAGE}.data.{task}", f"--data.seq_len={length}"]
     data += ["--data.num_train_samples=16", "--data.num_val_samples=8"]
-    main(["fit", LANGUAGE_MODEL, *data, *TINY, f"--run.root={tmp_path}", "--run.id=ih"])
+    main(["fit", TASK_MODEL, *data, *TINY, f"--run.root={tmp_path}", "--run.id=short"])
     monkeypatch.setattr(modal_app, "MOUNTS", modal_app.Mounts(runs=tmp_path))
-    command = modal_app.extrapolate_command("ih", "32,64", "last")
-    assert command[-2] == f"--ckpt_path={tmp_path / 'ih' / 'checkpoints' / 'last.ckpt'}"
-    modal_app.extrapolate.local("ih", "32,64")
+    lengths = f"{length},{2 * length}"
+    command = modal_app.extrapolate_command("short", lengths, "last")
+    assert command[-2] == f"--ckpt_path={tmp_path / 'short' / 'checkpoints' / 'last.ckpt'}"
+    modal_app.extrapolate.local("short", lengths)
     printed = capfd.readouterr().out
-    assert "InductionHeads at 2 lengths" in printed and "       64 |" in printed
+    assert f"{task} at 2 lengths" in printed and f"{2 * length:9d} |" in printed
     with pytest.raises(SystemExit) as stop:
-        modal_app.extrapolate.local("no-such-run", "32")
+        modal_app.extrapolate.local("no-such-run", str(length))
     assert stop.value.code == 2 and "no such file" in capfd.readouterr().err
     gpus = [gpu for gpu, _ in modal_app.extrapolate.info().gpus]
     assert gpus == [g.upper() for g in modal_app.GPUS]
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_evaluate_needs_a_run_or_pretrained_weights_and_asks_for_the_training_gpus(
@@ -908,3 +927,4 @@ def test_evaluate_needs_a_run_or_pretrained_weights_and_asks_for_the_training_gp
     ]
     gpus = [gpu for gpu, _ in modal_app.evaluate.info().gpus]
     assert gpus == [g.upper() for g in modal_app.GPUS]
+{%- endif %}

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY_BACKBONE, TINY_COPYING
+from conftest import PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.data import SelectiveCopying
+from {{ cookiecutter.package_name }}.data import {{ 'SelectiveCopying' if cookiecutter.task == 'language_model' else 'SyntheticSeries' }}
 from {{ cookiecutter.package_name }}.runs import (
     LAST,
     PREVIOUS,
@@ -37,10 +37,10 @@ MAX_STEPS = 200
 FIT = [
     "fit",
     "--seed_everything=0",
-    LANGUAGE_MODEL,
+    TASK_MODEL,
     *TINY_BACKBONE,
     "--model.warmup_steps=10",
-    *TINY_COPYING,
+    *TINY_DATA,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     f"--trainer.max_steps={MAX_STEPS}",
@@ -277,15 +277,24 @@ def test_every_logged_step_is_in_the_event_file_at_once(tmp_path):
     assert [event.step for event in events.Scalars("train/loss")] == list(range(7))
 
 
+def forty_samples():
+    """The project's task in 10 batches of 4."""
+{%- if cookiecutter.task == 'language_model' %}
+    return SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
+{%- else %}
+    return SyntheticSeries(seq_len=48, num_classes=2, batch_size=4, num_train_samples=40)
+{%- endif %}
+
+
 def test_resumed_loader_continues_mid_epoch_with_the_same_batches():
-    data = SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
+    data = forty_samples()
     loader = data.train_dataloader()
     batches = iter(loader)
     for _ in range(3):
         next(batches)
     state = loader.state_dict()
     rest = [inputs for inputs, _ in batches]
-    resumed = SelectiveCopying(seq_len=12, num_tokens=2, batch_size=4, num_train_samples=40)
+    resumed = forty_samples()
     loader = resumed.train_dataloader()
     loader.load_state_dict(state)
     again = [inputs for inputs, _ in loader]

@@ -12,21 +12,21 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import LANGUAGE_MODEL, PACKAGE, PROJECT, TINY, TINY_BACKBONE, TINY_COPYING
+from conftest import PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA, TINY_MODEL
 
 from {{ cookiecutter.package_name }} import runs
 from {{ cookiecutter.package_name }}.cli import main
 
 DATA = [
     "--seed_everything=0",
-    *TINY_COPYING,
+    *TINY_DATA,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
 ]
 
 
 def fit_process(root: Path, run_id: str, *extra: str, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", PACKAGE, "fit", *TINY, *DATA]
+    command = [sys.executable, "-m", PACKAGE, "fit", *TINY_MODEL, *DATA]
     command += [f"--run.root={root}", f"--run.id={run_id}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=PROJECT, env=env, text=True, **popen)
@@ -77,7 +77,7 @@ def test_a_second_start_of_a_running_run_is_refused_and_a_kill_9_leaves_no_stale
     wait_for(lock, first)
     try:
         second = subprocess.run(
-            [sys.executable, "-m", PACKAGE, "fit", *TINY, *DATA, "--trainer.max_steps=2"]
+            [sys.executable, "-m", PACKAGE, "fit", *TINY_MODEL, *DATA, "--trainer.max_steps=2"]
             + [f"--run.root={tmp_path}", "--run.id=busy"],
             cwd=PROJECT,
             capture_output=True,
@@ -112,7 +112,7 @@ def test_ctrl_c_after_the_output_pipe_closed_still_saves_last_ckpt(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    args = ["fit", *TINY, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    args = ["fit", *TINY_MODEL, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
     main([*args, f"--run.root={root}", "--run.id=done"])
     return root
 
@@ -129,7 +129,7 @@ def test_commands_that_read_a_checkpoint_write_nothing(command, trained, tmp_pat
     ckpt = trained / "done" / "checkpoints" / "best.ckpt"
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        cli = main([command, *TINY, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
+        cli = main([command, *TINY_MODEL, *DATA, f"--ckpt_path={ckpt}", f"--run.root={trained}"])
     assert cli.trainer.state.finished
     added = {p for p in listing(trained) if p not in before}
     predictions = trained / "done" / "predictions"
@@ -144,30 +144,31 @@ def test_fit_with_a_checkpoint_of_another_size_stops_instead_of_taking_its_confi
     trained, tmp_path, capsys
 ):
     ckpt = trained / "done" / "checkpoints" / runs.LAST
-    args = ["fit", *TINY, *DATA, "--model.net.backbone.d_model=32", f"--ckpt_path={ckpt}"]
+    args = ["fit", *TINY_MODEL, *DATA, "--model.net.backbone.d_model=32", f"--ckpt_path={ckpt}"]
     with pytest.raises(SystemExit) as stopped:
         main([*args, f"--run.root={tmp_path}"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds another model than this config builds" in err[0], err
-    assert "(16, 16) there, (16, 32) here" in err[0]
+    assert "{{ '(16, 16) there, (16, 32) here' if cookiecutter.task == 'language_model' else '(16, 4) there, (32, 4) here' }}" in err[0]
     assert not any(tmp_path.iterdir())
 
 
 def test_fit_ends_with_a_summary_of_the_run(trained, caplog):
-    args = ["fit", *TINY, *DATA, "--trainer.max_steps=6", "--trainer.val_check_interval=2"]
+    args = ["fit", *TINY_MODEL, *DATA, "--trainer.max_steps=6", "--trainer.val_check_interval=2"]
     main([*args, f"--run.root={trained}", "--run.id=summary"])
     said = caplog.text
     assert "run summary: finished at step 6; last validation: val/acc" in said
     best = trained / "summary" / "checkpoints" / "best.ckpt"
     assert "best checkpoint (val/acc " in said and str(best) in said
     assert f"curves: tensorboard --logdir {trained / 'summary'}" in said
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_best_ckpt_follows_run_monitor_at_another_length_and_a_tie_keeps_the_later(tmp_path):
     """data.val_lengths adds a loader named by its length; run.monitor picks best.ckpt by it.
     At lr 1e-9 the accuracy cannot move: every validation ties, and the later one is kept."""
-    args = ["fit", *TINY, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    args = ["fit", *TINY_MODEL, *DATA, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
     args += ["--model.lr=1e-9", "--data.val_lengths=[48]", "--run.monitor=val/acc@48"]
     cli = main([*args, f"--run.root={tmp_path}", "--run.id=tie"])
     logged = cli.trainer.callback_metrics
@@ -177,6 +178,7 @@ def test_best_ckpt_follows_run_monitor_at_another_length_and_a_tie_keeps_the_lat
     assert best["global_step"] == 4  # Lightning alone keeps the first of equal scores: step 2
     [chosen] = [c for c in cli.trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
     assert chosen.monitor == "val/acc@48" and chosen.best_model_score == logged["val/acc@48"]
+{%- endif %}
 
 
 def test_help_names_the_command_and_every_subcommand():
@@ -186,14 +188,18 @@ def test_help_names_the_command_and_every_subcommand():
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: python -m {PACKAGE} <command>")
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+{%- if cookiecutter.task == 'language_model' %}
     commands = ["fit", "validate", "test", "predict", "generate", "export", "extrapolate"]
     assert listed == [*commands, "evaluate"]
+{%- else %}
+    assert listed == ["fit", "validate", "test", "predict", "extrapolate"]
+{%- endif %}
     for line in done.stdout.splitlines():  # whole lines, none cut short
         assert len(line) <= 100, line
 
 
 def test_no_run_prints_lightnings_cloud_logger_tip(trained, caplog):
-    main(["fit", LANGUAGE_MODEL, *TINY, *DATA, "--trainer.max_steps=1", f"--run.root={trained}"])
+    main(["fit", *TINY_MODEL, *DATA, "--trainer.max_steps=1", f"--run.root={trained}"])
     assert "Tip" not in caplog.text and "litlogger" not in caplog.text
 
 
@@ -202,13 +208,13 @@ def test_checkpoints_carry_the_network_and_no_lightning_hyperparameters(trained)
     hook (docs/design_decisions.md): our checkpoints give it nothing to merge."""
     saved = torch.load(trained / "done" / "checkpoints" / runs.LAST, weights_only=True)
     assert "hyper_parameters" not in saved
-    assert saved["net"]["class"] == "MambaLM"
+    assert saved["net"]["class"] == "{{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}"
     assert saved["net"]["config"]["backbone"]["d_model"] == 16
 
 
 def test_progress_written_to_a_pipe_is_whole_lines_counted_from_the_run_step(tmp_path):
     """tqdm's bar in a file is one line of carriage returns; a pipe gets lines instead."""
-    command = [sys.executable, "-m", PACKAGE, "fit", LANGUAGE_MODEL, *TINY_BACKBONE, *DATA]
+    command = [sys.executable, "-m", PACKAGE, "fit", TASK_MODEL, *TINY_BACKBONE, *DATA]
     command += ["--trainer.enable_model_summary=false", "--trainer.limit_val_batches=0"]
     command += [f"--run.root={tmp_path}", "--run.id=lines"]
     for steps in (50, 100):  # the second start resumes at 50
@@ -237,7 +243,7 @@ def test_the_terminal_bar_shows_the_training_loss_it_reads_when_it_draws():
 
 
 def test_resuming_under_another_number_of_processes_is_refused(trained, capsys):
-    args = ["fit", *TINY, *DATA, "--trainer.max_steps=6", "--trainer.strategy=ddp"]
+    args = ["fit", *TINY_MODEL, *DATA, "--trainer.max_steps=6", "--trainer.strategy=ddp"]
     with pytest.raises(SystemExit) as stopped:
         main([*args, "--trainer.devices=2", f"--run.root={trained}", "--run.id=done"])
     assert stopped.value.code == 2

@@ -1,22 +1,24 @@
 """The LightningModule and the CLI: every task trains, configs print, runs resume."""
 
-import logging
-import subprocess
+{% if cookiecutter.task == 'language_model' %}import logging
+{% endif %}import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import PACKAGE, PROJECT, TINY, TINY_CLASSIFIER
+from conftest import PACKAGE, PROJECT, {% if cookiecutter.task == 'language_model' %}TINY, {% endif %}TINY_CLASSIFIER, TINY_MODEL
 
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.classifier import MambaClassifier
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.loss import linear_cross_entropy, precise_cross_entropy
-from {{ cookiecutter.package_name }}.model import MambaLM
-from {{ cookiecutter.package_name }}.module import LanguageModelling, warmup_cosine
-
+from {{ cookiecutter.package_name }}.loss import {% if cookiecutter.task == 'language_model' %}linear_cross_entropy, {% endif %}precise_cross_entropy
+{% if cookiecutter.task == 'language_model' %}from {{ cookiecutter.package_name }}.model import MambaLM
+from {{ cookiecutter.package_name }}.module import LanguageModelling, MambaModule, warmup_cosine
+{% else %}from {{ cookiecutter.package_name }}.module import Classification, MambaModule, warmup_cosine
+{% endif %}
+{%- if cookiecutter.task == 'language_model' %}
 LM_DATA = [
     f"--data={PACKAGE}.data.SelectiveCopying",
     "--data.seq_len=24",
@@ -25,6 +27,7 @@ LM_DATA = [
     "--data.num_train_samples=64",
     "--data.num_val_samples=8",
 ]
+{%- endif %}
 SERIES_DATA = [
     f"--data={PACKAGE}.data.SyntheticSeries",
     "--data.seq_len=48",
@@ -34,14 +37,32 @@ SERIES_DATA = [
     "--data.num_val_samples=8",
 ]
 
+{%- if cookiecutter.task == 'language_model' %}
+TASK_DATA = LM_DATA  # of the task this project was made for
+TASKS = {"language_model": (TINY, LM_DATA), "classification": (TINY_CLASSIFIER, SERIES_DATA)}
+{%- else %}
+TASK_DATA = SERIES_DATA  # of the task this project was made for
+TASKS = {"classification": (TINY_CLASSIFIER, SERIES_DATA)}
+{%- endif %}
+{%- if cookiecutter.task == 'language_model' %}
+
 
 def tiny_lm() -> MambaLM:
     torch.manual_seed(0)
     config = BackboneConfig(impl="reference", d_model=16, n_layer=2, d_state=8, headdim=8)
     return MambaLM(config, vocab_size=10)
+{%- endif %}
 
 
-TASKS = {"language_model": (TINY, LM_DATA), "classification": (TINY_CLASSIFIER, SERIES_DATA)}
+def tiny_module(**kwargs) -> MambaModule:
+    """The LightningModule of this project's task around a tiny network (kwargs: its own)."""
+{%- if cookiecutter.task == 'language_model' %}
+    return LanguageModelling(tiny_lm(), **kwargs)
+{%- else %}
+    torch.manual_seed(0)
+    config = BackboneConfig(impl="reference", d_model=16, n_layer=2, d_state=8, headdim=8)
+    return Classification(MambaClassifier(config, num_channels=2, num_classes=2), **kwargs)
+{%- endif %}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -61,15 +82,19 @@ def test_fit_fast_dev_run_for_each_task(task, mixer, tmp_path):
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     net = cli.model.net
+{%- if cookiecutter.task == 'language_model' %}
     assert isinstance(net, MambaLM if task == "language_model" else MambaClassifier)
+{%- else %}
+    assert isinstance(net, MambaClassifier)
+{%- endif %}
 
 
 def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
     cli = main(
         [
             "fit",
-            *TINY,
-            *LM_DATA,
+            *TINY_MODEL,
+            *TASK_DATA,
             "--trainer.max_steps=6",
             "--trainer.val_check_interval=3",
             "--trainer.log_every_n_steps=1",
@@ -84,10 +109,11 @@ def test_fit_logs_metrics_and_writes_last_and_best_checkpoints(tmp_path):
         "previous.ckpt",  # the last.ckpt before the final one
     ]
     metrics = cli.trainer.callback_metrics
-    for name in ("train/loss", "val/loss", "val/acc", "val/ppl"):
+    for name in ("train/loss", "val/loss", "val/acc", "{{ 'val/ppl' if cookiecutter.task == 'language_model' else 'val/f1' }}"):
         assert name in metrics, name
     events = list((tmp_path / "demo").glob("events.out.tfevents.*"))
     assert events, "TensorBoard event file missing"
+{%- if cookiecutter.task == 'language_model' %}
 
 
 @pytest.mark.parametrize("lr", [1e-12, 0.05], ids=["frozen", "learning"])
@@ -109,13 +135,14 @@ def test_a_run_still_at_chance_says_so_once_and_a_learning_one_does_not(tmp_path
     if said:
         assert "not learning: at step 40 val/loss " in said[0]
         assert "(1.946)" in said[0] and "another seed (seed_everything)" in said[0]
+{%- endif %}
 
 
 def test_gradient_norms_logs_each_layers_gradient_before_clipping(tmp_path):
     """GradientNorms logs every parameter's gradient norm on the steps that log: the per-layer
     signal that tells a stalled run from one that learns."""
     cli = main([
-        "fit", *TINY, *LM_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "fit", *TINY_MODEL, *TASK_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
         "--trainer.max_steps=3", "--trainer.val_check_interval=3",
         "--trainer.log_every_n_steps=1", "--trainer.gradient_clip_val=1e-6",
         f"--run.root={tmp_path}",
@@ -134,7 +161,7 @@ def test_gradient_norms_are_those_of_the_step_they_are_written_at(tmp_path):
     that step's (here the last step's, whose gradients fit leaves in place), not an earlier
     step's."""
     cli = main([
-        "fit", *TINY, *LM_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "fit", *TINY_MODEL, *TASK_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
         "--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=2",
         "--trainer.gradient_clip_val=0", f"--run.root={tmp_path}",
     ])  # fmt: skip
@@ -145,7 +172,7 @@ def test_gradient_norms_are_those_of_the_step_they_are_written_at(tmp_path):
 
 
 def test_a_second_start_with_the_same_run_id_resumes(tmp_path):
-    args = ["fit", *TINY, *LM_DATA, "--run.id=resume", f"--run.root={tmp_path}"]
+    args = ["fit", *TINY_MODEL, *TASK_DATA, "--run.id=resume", f"--run.root={tmp_path}"]
     main([*args, "--trainer.max_steps=4", "--trainer.val_check_interval=2"])
     last = tmp_path / "resume" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 4
@@ -155,14 +182,14 @@ def test_a_second_start_with_the_same_run_id_resumes(tmp_path):
 
 
 def test_run_id_is_derived_from_the_config_and_stable(tmp_path):
-    first = main(["fit", *TINY, *LM_DATA, "--trainer.fast_dev_run=1", f"--run.root={tmp_path}"])
-    second = main(["fit", *TINY, *LM_DATA, "--trainer.fast_dev_run=1", f"--run.root={tmp_path}"])
+    args = ["fit", *TINY_MODEL, *TASK_DATA, "--trainer.fast_dev_run=1", f"--run.root={tmp_path}"]
+    first, second = main(args), main(args)
     other = main(
         [
             "fit",
-            *TINY,
-            *LM_DATA,
-            "--data.seq_len=30",
+            *TINY_MODEL,
+            *TASK_DATA,
+            "--data.seq_len={{ 30 if cookiecutter.task == 'language_model' else 96 }}",
             "--trainer.fast_dev_run=1",
             f"--run.root={tmp_path}",
         ]
@@ -171,8 +198,8 @@ def test_run_id_is_derived_from_the_config_and_stable(tmp_path):
     same = main(
         [
             "fit",
-            *TINY,
-            *LM_DATA,
+            *TINY_MODEL,
+            *TASK_DATA,
             "--model.kernels=warn",
             "--trainer.fast_dev_run=1",
             f"--run.root={tmp_path}",
@@ -186,8 +213,8 @@ def test_throughput_is_logged_in_tokens_and_flops(tmp_path):
     cli = main(
         [
             "fit",
-            *TINY,
-            *LM_DATA,
+            *TINY_MODEL,
+            *TASK_DATA,
             "--trainer.max_steps=101",
             "--trainer.log_every_n_steps=1",
             f"--run.root={tmp_path}",
@@ -238,7 +265,7 @@ def test_print_config_shows_every_shipped_config(config):
     assert printed["trainer"]["gradient_clip_val"] == 1.0
 
 
-GENERATED = ("SelectiveCopying", "InductionHeads", "SyntheticSeries")
+GENERATED = {{ '("SelectiveCopying", "InductionHeads", "SyntheticSeries")' if cookiecutter.task == 'language_model' else '("SyntheticSeries",)' }}
 GENERATED_TASK_CONFIGS = [  # the shipped configs that need no file and no download
     c
     for c in sorted((PROJECT / "configs").glob("*.yaml"))
@@ -259,7 +286,7 @@ def test_every_monitor_of_a_shipped_config_names_a_metric_the_run_logs(config, t
 
 
 def test_optimizer_skips_decay_for_marked_params_norms_and_biases():
-    model = LanguageModelling(tiny_lm(), weight_decay=0.1)
+    model = tiny_module(weight_decay=0.1)
     model.trainer = type("T", (), {"estimated_stepping_batches": 100})()
     optimizer = model.configure_optimizers()["optimizer"]
     decay, no_decay = (group["params"] for group in optimizer.param_groups)
@@ -279,6 +306,7 @@ def test_warmup_then_cosine_schedule():
     assert factor(9) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.55)
     assert factor(110) == pytest.approx(0.1)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_generate_is_greedy_decoding_of_the_parallel_forward():
@@ -289,15 +317,19 @@ def test_generate_is_greedy_decoding_of_the_parallel_forward():
     assert torch.equal(out[:, :7], prompt)
     logits = model(out)
     torch.testing.assert_close(out[:, 7:], logits[:, 6:-1].argmax(-1), rtol=0, atol=0)
+{%- endif %}
 
 
 def test_networks_refuse_missing_data_sizes_and_the_module_a_bad_learning_rate():
+{%- if cookiecutter.task == 'language_model' %}
     with pytest.raises(ValueError, match="MambaLM needs a vocab_size >= 1, got None"):
         MambaLM()
+{%- endif %}
     with pytest.raises(ValueError, match="num_channels >= 1 and num_classes >= 2, got 3 and None"):
         MambaClassifier(num_channels=3)
     with pytest.raises(ValueError, match="model.lr=-0.1 must be > 0"):
-        LanguageModelling(tiny_lm(), lr=-0.1)
+        tiny_module(lr=-0.1)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def test_the_language_model_imports_and_runs_with_torch_alone():
@@ -314,6 +346,25 @@ def test_the_language_model_imports_and_runs_with_torch_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+{%- else %}
+
+
+def test_the_classifier_imports_and_runs_with_torch_alone():
+    """classifier.py is plain PyTorch: importing it (and using it) never imports Lightning."""
+    code = (
+        "import sys, torch\n"
+        f"from {PACKAGE}.classifier import MambaClassifier\n"
+        f"from {PACKAGE}.backbone import BackboneConfig\n"
+        "config = BackboneConfig(impl='reference', d_model=16, n_layer=1, headdim=8)\n"
+        "assert MambaClassifier(config, 3, 2)(torch.zeros(1, 8, 3)).shape == (1, 2)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'torchmetrics', 'jsonargparse')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+{%- endif %}
+{%- if cookiecutter.task == 'language_model' %}
 
 
 @pytest.mark.parametrize("chunk_size", [5, 64])
@@ -333,6 +384,7 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(ch
     expected_grads = torch.autograd.grad(2.5 * expected, (hidden, weight))
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want)
+{%- endif %}
 
 
 @pytest.mark.parametrize("chunk_size", [4, 4096])
@@ -360,7 +412,10 @@ def test_precise_cross_entropy_is_the_loss_and_stays_above_zero_for_a_sure_model
 CURRICULUM = [
     "--trainer.reload_dataloaders_every_n_epochs=1",
     f"--trainer.callbacks+={PACKAGE}.curriculum.LengthCurriculum",
+{% if cookiecutter.task == 'language_model' %}]
+LENGTHS = [8, 16, 24]  # the last is TASK_DATA's seq_len{% else %}    "--data.seq_len=96",
 ]
+LENGTHS = [48, 72, 96]  # the last is the seq_len above{% endif %}
 
 
 def test_length_curriculum_moves_to_the_next_length_when_validation_reaches_the_threshold(
@@ -369,10 +424,10 @@ def test_length_curriculum_moves_to_the_next_length_when_validation_reaches_the_
     cli = main(
         [
             "fit",
-            *TINY,
-            *LM_DATA,
+            *TINY_MODEL,
+            *TASK_DATA,
             *CURRICULUM,
-            "--trainer.callbacks.lengths=[8, 16, 24]",
+            f"--trainer.callbacks.lengths={LENGTHS}",
             "--trainer.callbacks.threshold=0.001",  # any trained model passes it
             "--trainer.max_epochs=3",
             "--trainer.log_every_n_steps=1",
@@ -381,9 +436,9 @@ def test_length_curriculum_moves_to_the_next_length_when_validation_reaches_the_
         ]
     )
     curriculum = next(c for c in cli.trainer.callbacks if type(c).__name__ == "LengthCurriculum")
-    assert curriculum.stage == 2 and cli.datamodule.seq_len == 24
+    assert curriculum.stage == 2 and cli.datamodule.seq_len == LENGTHS[-1]
     last = torch.load(tmp_path / "curriculum" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert {"stage": 2} in last["callbacks"].values()  # a resumed run continues at 24
+    assert {"stage": 2} in last["callbacks"].values()  # a resumed run continues at the last
 
 
 def test_length_curriculum_refuses_a_last_length_other_than_the_data_length(tmp_path, capsys):
@@ -391,13 +446,14 @@ def test_length_curriculum_refuses_a_last_length_other_than_the_data_length(tmp_
         main(
             [
                 "fit",
-                *TINY,
-                *LM_DATA,
+                *TINY_MODEL,
+                *TASK_DATA,
                 *CURRICULUM,
-                "--trainer.callbacks.lengths=[8, 16]",
+                f"--trainer.callbacks.lengths={LENGTHS[:2]}",
                 "--trainer.max_steps=2",
                 f"--run.root={tmp_path}",
             ]
         )
     assert stopped.value.code == 2
-    assert "last length 16 must equal data.seq_len=24" in capsys.readouterr().err
+    message = f"last length {LENGTHS[1]} must equal data.seq_len={LENGTHS[2]}"
+    assert message in capsys.readouterr().err

@@ -4,8 +4,12 @@
 weights under `net.`, the optimiser and loop state, the data module's arguments, and (from
 module.py's on_save_checkpoint) the network's class and shape. `load_trained` rebuilds the
 plain network from them with torch alone, for the commands that use a model rather than
+{%- if cookiecutter.task == 'language_model' %}
 train it (generate, export, extrapolate, evaluate); `language_model` gives those that need a
 language model and its tokenizer (from a checkpoint or published weights) the pair, checked.
+{%- else %}
+train it (extrapolate).
+{%- endif %}
 """
 
 from dataclasses import dataclass
@@ -15,11 +19,13 @@ import torch
 from torch import nn
 
 from .classifier import MambaClassifier
+{%- if cookiecutter.task == 'language_model' %}
 from .data.text import TextTokenizer
 from .hub import hub_file, looks_like_path
 from .model import MambaLM
+{%- endif %}
 
-NETWORKS = {cls.__name__: cls for cls in (MambaLM, MambaClassifier)}
+NETWORKS = {cls.__name__: cls for cls in [{% if cookiecutter.task == 'language_model' %}MambaLM, {% endif %}MambaClassifier]}
 
 
 @dataclass
@@ -27,13 +33,15 @@ class Trained:
     """A network from a fit checkpoint and the data module it was trained on."""
 
     net: nn.Module
-    data_class: str | None  # e.g. "<package>.data.TextFile", as LightningCLI recorded it
+    data_class: str | None  # e.g. "<package>.data.{{ 'TextFile' if cookiecutter.task == 'language_model' else 'SyntheticSeries' }}", as LightningCLI recorded it
     data_args: dict  # that data module's arguments
+{%- if cookiecutter.task == 'language_model' %}
 
     @property
     def tokenizer(self) -> str | None:
         """The tokenizer of a model trained on text (TextFile and the like), else None."""
         return self.data_args.get("tokenizer")
+{%- endif %}
 
 
 def load_trained(path: str | Path, impl: str | None = None) -> Trained:
@@ -58,6 +66,7 @@ def load_trained(path: str | Path, impl: str | None = None) -> Trained:
     data_class = data.pop("_class_path", None)
     data.pop("_instantiator", None)
     return Trained(net.eval(), data_class, data)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def one_source(ckpt_path: str | None, pretrained: str | None) -> None:
@@ -126,3 +135,4 @@ def check_same_tokenizer(given: str, own: str) -> None:
             f"--tokenizer={given} is not the tokenizer this model was trained with ({own}); "
             "leave --tokenizer out to use that one"
         )
+{%- endif %}

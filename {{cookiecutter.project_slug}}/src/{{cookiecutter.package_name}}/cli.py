@@ -2,8 +2,10 @@
 
     python -m <package> fit --config configs/default.yaml [--trainer.max_steps=...]
     python -m <package> fit --config configs/default.yaml --print_config
+{%- if cookiecutter.task == 'language_model' %}
     python -m <package> generate --ckpt_path <ckpt> --prompt "Once upon a time"
     python -m <package> export --ckpt_path <ckpt> --format mamba_ssm|hf --out <folder>
+{%- endif %}
 
 Every run has an id (`--run.id`, or one derived from the config) and lives in
 `<run.root>/<id>/`: checkpoints in `checkpoints/` (last.ckpt, best.ckpt), TensorBoard events in
@@ -38,7 +40,9 @@ from .data import BaseDataModule
 from .devices import device_settings
 from .errors import input_error
 from .module import MambaModule
+{%- if cookiecutter.task == 'language_model' %}
 from .pretrained import read_checkpoint
+{%- endif %}
 from .progress import Announce, Bar, LineProgress, LoggedThroughput, ParameterSummary
 from .runid import CHECKPOINTS, run_folder
 from .runs import (
@@ -66,10 +70,14 @@ COMMAND_LIST = {  # `python -m <package> --help`: every command, one line each
     "validate": "a checkpoint's metrics on the validation split (writes nothing)",
     "test": "a checkpoint's metrics on the data's test split (one apart from validation)",
     "predict": "a checkpoint's predictions on the validation split, written to a file",
+{%- if cookiecutter.task == 'language_model' %}
     "generate": "continue prompts with a trained or published language model",
     "export": "write a checkpoint in mamba-ssm's or HF transformers' format",
+{%- endif %}
     "extrapolate": "a generated task's accuracy at other sequence lengths",
+{%- if cookiecutter.task == 'language_model' %}
     "evaluate": "lm-evaluation-harness tasks (pip install -e '.[eval]')",
+{%- endif %}
 }
 OVERVIEW = "\n".join(
     [
@@ -107,9 +115,14 @@ class MambaCLI(LightningCLI):
         parser.add_class_arguments(RunConfig, "run")
         # `--model.net.backbone.d_model=...` without a config: the task this project was made for
         parser.set_defaults({"model": {"class_path": f"{__package__}.module.{DEFAULT_MODULE}"}})
+{%- if cookiecutter.task == 'language_model' %}
         # the network's sizes come from the data: a language model's vocabulary, a
         # classifier's channels and classes (each link applies where the network has it)
         for name in ("vocab_size", "num_channels", "num_classes"):
+{%- else %}
+        # the network's sizes come from the data: its channels and classes
+        for name in ("num_channels", "num_classes"):
+{%- endif %}
             parser.link_arguments(f"data.{name}", f"{NET}.{name}", apply_on="instantiate")
 
     def run_paths(self) -> tuple[str, Path, Path]:
@@ -126,15 +139,17 @@ class MambaCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         given = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.given_checkpoint = None
+{%- if cookiecutter.task == 'language_model' %}
         weights = self.config[subcommand].get(f"{NET}.init_from")
-        if subcommand in EVALUATING and given is None and weights is None:
+        if weights is not None:
+            self.check_given_shape(parser, args, subcommand, weights)
+{%- endif %}
+        if subcommand in EVALUATING and given is None{% if cookiecutter.task == 'language_model' %} and weights is None{% endif %}:
             raise ValueError(
                 f"{subcommand} needs trained weights: without --ckpt_path it would "
                 f"{subcommand} a randomly initialised model. Give --ckpt_path=runs/<id>/"
-                "checkpoints/best.ckpt (or published weights with --model.net.init_from)"
+                "checkpoints/best.ckpt{% if cookiecutter.task == 'language_model' %} (or published weights with --model.net.init_from){% endif %}"
             )
-        if weights is not None:
-            self.check_given_shape(parser, args, subcommand, weights)
         if given is None or given in ("last", "best", "hpc", "registry") or "://" in str(given):
             return
         given = Path(given)
@@ -149,6 +164,7 @@ class MambaCLI(LightningCLI):
                 "last.ckpt or best.ckpt, or leave --ckpt_path out to resume this run's own."
             )
         self.given_checkpoint = given
+{%- if cookiecutter.task == 'language_model' %}
 
     def check_given_shape(self, parser, args, subcommand: str, weights: str) -> None:
         """init_from's checkpoint fixes the network: each backbone field the config files or the
@@ -175,6 +191,7 @@ class MambaCLI(LightningCLI):
             else:
                 config[f"{NET}.backbone.{name}"] = value
         config[f"{NET}.tie_embeddings"] = net.tie_embeddings
+{%- endif %}
 
     def instantiate_trainer(self, **kwargs):
         """The Trainer of the config, rooted in the run's folder, with the run's callbacks."""
@@ -266,10 +283,15 @@ class MambaCLI(LightningCLI):
 
     def predictions_path(self) -> Path:
         """runs/<id>/predictions/<checkpoint name>.jsonl for runs/<id>/checkpoints/<name>.ckpt;
+{%- if cookiecutter.task == 'language_model' %}
         beside any other checkpoint; in this config's run folder for weights from init_from."""
         given = self.given_checkpoint
         if given is None:
             return self.run_dir / "predictions" / "init_from.jsonl"
+{%- else %}
+        beside any other checkpoint."""
+        given = self.given_checkpoint
+{%- endif %}
         return run_folder(given) / "predictions" / f"{given.stem}.jsonl"
 
     def check_checkpoint_fits(self) -> None:
@@ -295,7 +317,9 @@ class MambaCLI(LightningCLI):
 
     def before_fit(self):
         self.model.use_cuda_graphs(self.trainer, announce=False)  # refuse `on` before any file
+{%- if cookiecutter.task == 'language_model' %}
         self.record_the_network()
+{%- endif %}
         check_monitors(self.trainer, self.model, self.datamodule)
         resumed = self.resume_from or self.given_checkpoint
         world_size = self.trainer.world_size
@@ -452,7 +476,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
                 f"{argv[0]!r} is not a command; {hint}the commands are "
                 f"{', '.join(COMMAND_LIST)} (python -m {__package__} --help says what each does)"
             )
-        if argv[0] in COMMANDS:  # generate, export, ...: no Trainer involved
+        if argv[0] in COMMANDS:  # {{ 'generate, export, ...' if cookiecutter.task == 'language_model' else 'extrapolate' }}: no Trainer involved
             run(argv[0], argv[1:])
             return None
         cli = MambaCLI(

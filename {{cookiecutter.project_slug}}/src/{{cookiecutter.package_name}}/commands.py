@@ -1,4 +1,5 @@
-"""The commands beside Lightning's: `generate` (prompts in, text out), `export`, `extrapolate`,
+"""The commands beside Lightning's:
+{%- if cookiecutter.task == 'language_model' %} `generate` (prompts in, text out), `export`, `extrapolate`,
 `evaluate` (lm-evaluation-harness, evaluate.py).
 
     python -m {{ cookiecutter.package_name }} generate --ckpt_path runs/<id>/checkpoints/last.ckpt --prompt "Once"
@@ -6,7 +7,14 @@
     python -m {{ cookiecutter.package_name }} extrapolate --ckpt_path <ckpt> --lengths 2^6..2^20
     python -m {{ cookiecutter.package_name }} evaluate --ckpt_path <ckpt> --tasks lambada_openai
 
-Each is a typed function; `run` turns it into a command with jsonargparse, as LightningCLI
+Each is a typed function;
+{%- else %} `extrapolate`, a checkpoint's accuracy at other
+sequence lengths.
+
+    python -m {{ cookiecutter.package_name }} extrapolate --ckpt_path <ckpt> --lengths 2^6..2^20
+
+It is a typed function;
+{%- endif %} `run` turns it into a command with jsonargparse, as LightningCLI
 does for fit: the options, their types, choices and defaults come from the signature, their help
 from the docstring's Args, and `--config <file>.yaml` takes any of them from a file. They load
 a model and use it; no Trainer is involved. cli.main runs them and turns a bad input into one
@@ -19,23 +27,35 @@ import importlib
 import inspect
 import json
 import re
+{%- if cookiecutter.task == 'language_model' %}
 import shutil
 import sys
+{%- endif %}
 import time
+{%- if cookiecutter.task == 'language_model' %}
 from collections import deque
 from collections.abc import Iterator
+{%- endif %}
 from pathlib import Path
+{%- if cookiecutter.task == 'language_model' %}
 from typing import Literal
+{%- endif %}
 
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
 
 from .backbone import Impl
+{%- if cookiecutter.task == 'language_model' %}
 from .checkpoint import Trained, language_model, load_trained, one_source
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
 from .model import MambaLM
 from .pretrained import FORMATS
+{%- else %}
+from .checkpoint import Trained, load_trained
+from .data import GeneratedDataModule
+{%- endif %}
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:
@@ -212,6 +232,7 @@ def _on_host(steps: Iterator[torch.Tensor]) -> Iterator[list[int]]:
         if done is not None:
             done.synchronize()
         yield copy.tolist()
+{%- endif %}
 
 
 def parse_lengths(text: str | int | list[int]) -> list[int]:
@@ -251,21 +272,23 @@ def _task_of(trained: Trained):
     if not (isinstance(cls, type) and issubclass(cls, GeneratedDataModule) and "seq_len" in saved):
         raise ValueError(
             f"--ckpt_path was trained on {path or 'data that is not recorded'}, not a generated "
-            "task with a seq_len; extrapolate evaluates InductionHeads, SelectiveCopying and "
-            "SyntheticSeries checkpoints written by fit"
+            "task with a seq_len; extrapolate evaluates {% if cookiecutter.task == 'language_model' %}InductionHeads, SelectiveCopying and "
+            "{% endif %}SyntheticSeries checkpoints written by fit"
         )
     return cls, saved
 
 
 @torch.no_grad()
 def _accuracy(model: torch.nn.Module, inputs, targets) -> tuple[int, int]:
-    """(correct, scored): LM positions with a target, or one label per classified series."""
-    if not isinstance(model, MambaLM):
-        return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
-    hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
-    scored = targets != IGNORE_INDEX
-    logits = hidden[scored] @ model.output_weight.T
-    return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
+    """(correct, scored): {% if cookiecutter.task == 'language_model' %}LM positions with a target, or {% endif %}one label per classified series."""
+{%- if cookiecutter.task == 'language_model' %}
+    if isinstance(model, MambaLM):
+        hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
+        scored = targets != IGNORE_INDEX
+        logits = hidden[scored] @ model.output_weight.T
+        return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
+{%- endif %}
+    return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
 
 
 def extrapolate(
@@ -357,6 +380,7 @@ def extrapolate(
         }
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {out}")
+{%- if cookiecutter.task == 'language_model' %}
 
 
 # command -> "module.function" of this package; evaluate's module imports lm-eval, an extra and
@@ -368,6 +392,12 @@ COMMANDS = {
     "generate": "commands.generate",
 }
 REPEATED = {"prompt": "a prompt; repeat the option for several"}  # list options given one by one
+{%- else %}
+
+
+COMMANDS = {"extrapolate": "commands.extrapolate"}  # command -> "module.function" of this package
+REPEATED: dict[str, str] = {}  # list options given one by one: --x a --x b
+{%- endif %}
 
 
 def run(name: str, argv: list[str]) -> None:

@@ -41,7 +41,7 @@ class LengthCurriculum(Callback):
         if data is None or not hasattr(data, "seq_len"):
             raise ValueError(
                 f"LengthCurriculum needs a data module with a seq_len; got {type(data).__name__}."
-                " Use it with SelectiveCopying or InductionHeads."
+                " Use it with {% if cookiecutter.task == 'language_model' %}SelectiveCopying or InductionHeads{% else %}SyntheticSeries{% endif %}."
             )
         if data.seq_len != self.lengths[-1]:
             raise ValueError(

@@ -88,7 +88,9 @@ def options_under(prefix: str) -> list[str]:
 
     from .backbone import BackboneConfig
     from .classifier import MambaClassifier
+{%- if cookiecutter.task == 'language_model' %}
     from .model import MambaLM
+{%- endif %}
     from .module import MambaModule
     from .runs import RunConfig
 
@@ -101,7 +103,7 @@ def options_under(prefix: str) -> list[str]:
     tree = {
         "trainer": params(Trainer),
         "model": params(MambaModule) + ["net"],
-        "model.net": params(MambaLM, MambaClassifier),
+        "model.net": params({% if cookiecutter.task == 'language_model' %}MambaLM, {% endif %}MambaClassifier),
         "model.net.backbone": [f.name for f in fields(BackboneConfig)],
         "run": [f.name for f in fields(RunConfig)],
     }

@@ -1,3 +1,4 @@
+{% if cookiecutter.task == 'language_model' -%}
 """Next-token loss over a large vocabulary without materialising the logits.
 
 For a 50k vocabulary, B=8 and L=2048, the float32 logits alone take 3.3 GB, and the plain
@@ -9,12 +10,17 @@ GiB, for 2.8 ms more per step on an H200 (liger-kernel's fused version takes 4.4
 `F.cross_entropy(hidden @ weight.T, targets, ignore_index=ignore_index)`, and each chunk runs
 through the same fused log-softmax/NLL kernels as that plain call.
 
+{% else -%}
+"""The validation loss.
+
+{% endif -%}
 `precise_cross_entropy` is the validation loss: the same value, without float32's floor at 0.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+{%- if cookiecutter.task == 'language_model' %}
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -78,6 +84,7 @@ def linear_cross_entropy(
             chunk_size,
             ignore_index,
         )
+{%- endif %}
 
 
 def precise_cross_entropy(

@@ -1,9 +1,14 @@
-"""How a model learns: the LightningModules that train a MambaLM or a MambaClassifier.
+"""How a model learns: {% if cookiecutter.task == 'language_model' %}the LightningModules that train a MambaLM or a MambaClassifier{% else %}the LightningModule that trains a MambaClassifier{% endif %}.
 
 Each receives the network it trains (`net`, built by LightningCLI from the config's
 `model.net` section) and adds what training needs: the loss, torchmetrics, AdamW with warmup
+{%- if cookiecutter.task == 'language_model' %}
 and cosine decay, gradient clipping and CUDA-graph replay. `MambaModule` holds what both
 share; `LanguageModelling` and `Classification` say what a step computes and measures.
+{%- else %}
+and cosine decay, gradient clipping and CUDA-graph replay. `MambaModule` holds what does not
+depend on the task; `Classification` says what a step computes and measures.
+{%- endif %}
 
 Lightning calls the hooks below in this order during `fit`:
 setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on_save_checkpoint.
@@ -21,20 +26,26 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from .classifier import MambaClassifier
+{%- if cookiecutter.task == 'language_model' %}
 from .data import IGNORE_INDEX
+{%- endif %}
 from .graphs import GraphedLoss, Setting, decide
 from .kernels import Policy, check_kernels
+{%- if cookiecutter.task == 'language_model' %}
 from .loss import linear_cross_entropy, precise_cross_entropy
 from .model import MambaLM
+{%- else %}
+from .loss import precise_cross_entropy
+{%- endif %}
 
 NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "config"}
 
 
 class MambaModule(L.LightningModule):
-    """The optimiser, schedule, clipping and graph replay shared by both tasks.
+    """The optimiser, schedule, clipping and graph replay{% if cookiecutter.task == 'language_model' %} shared by both tasks{% endif %}.
 
     Args:
-        net: the network to train (a MambaLM or a MambaClassifier).
+        net: the network to train ({% if cookiecutter.task == 'language_model' %}a MambaLM or {% endif %}a MambaClassifier).
         lr: peak learning rate after warmup; cosine decay to lr * min_lr_ratio at the last step.
         weight_decay: AdamW decay for weight matrices; never for norms, biases and the
             parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
@@ -195,6 +206,7 @@ class MambaModule(L.LightningModule):
                 torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+{%- if cookiecutter.task == 'language_model' %}
 
 
 class LanguageModelling(MambaModule):
@@ -258,6 +270,7 @@ class LanguageModelling(MambaModule):
                 {"predicted": [guess[i] for i in scored], "target": [target[i] for i in scored]}
             )
         return rows
+{%- endif %}
 
 
 class Classification(MambaModule):

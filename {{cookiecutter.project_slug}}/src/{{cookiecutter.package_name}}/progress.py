@@ -8,7 +8,7 @@
     ParameterSummary  Lightning's model summary without its FLOPs column, which stays 0 for
                       models without an example input (this one logs its FLOPs as it trains)
     NotLearning       one line when validation is still at chance long after runs that learn
-                      have left it (a config adds it: configs/induction_heads_paper.yaml)
+                      have left it (a config adds it{% if cookiecutter.task == 'language_model' %}: configs/induction_heads_paper.yaml{% endif %})
     GradientNorms     each parameter's gradient norm before clipping, to TensorBoard: which
                       layers learn (`--trainer.callbacks+=<package>.progress.GradientNorms`)
 

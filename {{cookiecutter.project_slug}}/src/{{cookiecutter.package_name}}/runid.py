@@ -31,9 +31,11 @@ def run_folder(checkpoint: Path) -> Path:
     the checkpoint's own folder."""
     folder = checkpoint.parent
     return folder.parent if folder.name == CHECKPOINTS else folder
+{%- if cookiecutter.task == 'language_model' %}
 
 
 def pretrained_folder(pretrained: str) -> str:
     """The folder name for published weights' results (evaluate): the hub id or path, with each
     run of characters other than letters, digits, '.', '_' and '-' made one '_'."""
     return re.sub(r"[^\w.-]+", "_", pretrained.strip("/"))
+{%- endif %}

@@ -1,9 +1,11 @@
 """What the model sees: one LightningDataModule per data source, one module per kind of source.
 
     base.py        the shared plumbing: argument checks, the sampler, StatefulDataLoaders
+{%- if cookiecutter.task == 'language_model' %}
     synthetic.py   SelectiveCopying, InductionHeads: language-model tasks generated on the fly
     text.py        TextFile: your own text, as bytes or through a tokenizer
     hub.py         HubText: a text column of a HF `datasets` dataset (hub or local JSONL/parquet)
+{%- endif %}
     series.py      SyntheticSeries: generated multichannel series to classify
     arrays.py      ArrayClassification: your own (N, L, C) arrays to classify
 
@@ -19,34 +21,49 @@ A LightningDataModule bundles everything about the data in hooks that the Traine
     train_dataloader() ...  every process, when a loop starts (again every epoch with
                             `Trainer(reload_dataloaders_every_n_epochs=1)`).
 
-Language-model batches are `(inputs, targets)`, both LongTensor (B, L); the loss at position t
+{% if cookiecutter.task == 'language_model' %}Language-model batches are `(inputs, targets)`, both LongTensor (B, L); the loss at position t
 compares the output at t with `targets[t]`, and -100 marks positions that are not scored.
-Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
+{% endif %}Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
 
 The synthetic tasks draw item i of a split from a generator seeded by (seed, split, i), so every
 epoch, worker, restart and DDP rank sees the same data, and train and val never share a seed.
+{%- if cookiecutter.task == 'language_model' %}
 `test` evaluates a split of its own: the synthetic tasks draw it from seeds (seed, 2, i); TextFile
 holds out `test_fraction` of the text, ArrayClassification reads `test_path`, HubText `test_split`.
+{%- else %}
+`test` evaluates a split of its own: SyntheticSeries draws it from seeds (seed, 2, i);
+ArrayClassification reads `test_path`.
+{%- endif %}
 Without one, `test` stops with one line that says how to give one.
 """
 
 from .arrays import ArrayClassification
 from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
+{%- if cookiecutter.task == 'language_model' %}
 from .hub import HubText
+{%- endif %}
 from .series import SyntheticSeries
+{%- if cookiecutter.task == 'language_model' %}
 from .synthetic import InductionHeads, SelectiveCopying
 from .text import TextFile, TokenWindows
+{%- endif %}
 
 __all__ = [
     "IGNORE_INDEX",
     "ArrayClassification",
     "BaseDataModule",
     "GeneratedDataModule",
+{%- if cookiecutter.task == 'language_model' %}
     "HubText",
     "InductionHeads",
+{%- endif %}
     "SeededDataset",
+{%- if cookiecutter.task == 'language_model' %}
     "SelectiveCopying",
+{%- endif %}
     "SyntheticSeries",
+{%- if cookiecutter.task == 'language_model' %}
     "TextFile",
     "TokenWindows",
+{%- endif %}
 ]
