@@ -329,41 +329,28 @@ def test_networks_refuse_missing_data_sizes_and_the_module_a_bad_learning_rate()
         MambaClassifier(num_channels=3)
     with pytest.raises(ValueError, match="model.lr=-0.1 must be > 0"):
         tiny_module(lr=-0.1)
-{%- if cookiecutter.task == 'language_model' %}
 
 
-def test_the_language_model_imports_and_runs_with_torch_alone():
-    """model.py is plain PyTorch: importing it (and using it) never imports Lightning."""
+def test_the_network_imports_and_runs_with_torch_alone():
+    """The network's module is plain PyTorch: importing it (and using it) never imports
+    Lightning."""
     code = (
         "import sys, torch\n"
-        f"from {PACKAGE}.model import MambaLM\n"
-        f"from {PACKAGE}.backbone import BackboneConfig\n"
-        "m = MambaLM(BackboneConfig(impl='reference', d_model=16, n_layer=1, headdim=8), 10)\n"
-        "m.generate(torch.zeros(1, 3, dtype=torch.long), 2)\n"
-        "print(sorted(n for n in sys.modules if n.split('.')[0] in "
-        "('lightning', 'pytorch_lightning', 'torchmetrics', 'jsonargparse')))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
-{%- else %}
-
-
-def test_the_classifier_imports_and_runs_with_torch_alone():
-    """classifier.py is plain PyTorch: importing it (and using it) never imports Lightning."""
-    code = (
-        "import sys, torch\n"
-        f"from {PACKAGE}.classifier import MambaClassifier\n"
         f"from {PACKAGE}.backbone import BackboneConfig\n"
         "config = BackboneConfig(impl='reference', d_model=16, n_layer=1, headdim=8)\n"
+{%- if cookiecutter.task == 'language_model' %}
+        f"from {PACKAGE}.model import MambaLM\n"
+        "MambaLM(config, 10).generate(torch.zeros(1, 3, dtype=torch.long), 2)\n"
+{%- else %}
+        f"from {PACKAGE}.classifier import MambaClassifier\n"
         "assert MambaClassifier(config, 3, 2)(torch.zeros(1, 8, 3)).shape == (1, 2)\n"
+{%- endif %}
         "print(sorted(n for n in sys.modules if n.split('.')[0] in "
         "('lightning', 'pytorch_lightning', 'torchmetrics', 'jsonargparse')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
-{%- endif %}
 {%- if cookiecutter.task == 'language_model' %}
 
 
