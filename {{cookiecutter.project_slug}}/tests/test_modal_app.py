@@ -50,7 +50,9 @@ EXPECTED_ORDER = [
     "mamba-ssm",
     "kernel import check",
     "training dependencies",
+{%- if cookiecutter.task == 'language_model' %}
     "evaluation and hub data",
+{%- endif %}
 ]
 
 # Overrides of a shipped config: small enough to train a few steps on CPU in seconds.
