@@ -380,22 +380,23 @@ def extrapolate(
         }
         Path(out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {out}")
-{%- if cookiecutter.task == 'language_model' %}
 
 
-# command -> "module.function" of this package; evaluate's module imports lm-eval, an extra and
-# slow to import, so a command's module is imported only when the command runs
+# command -> "module.function" of this package{% if cookiecutter.task == 'language_model' %}; evaluate's module imports lm-eval, an extra and
+# slow to import, so a command's module is imported only when the command runs{% endif %}
 COMMANDS = {
+{%- if cookiecutter.task == 'language_model' %}
     "evaluate": "evaluate.evaluate",
     "export": "commands.export",
+{%- endif %}
     "extrapolate": "commands.extrapolate",
+{%- if cookiecutter.task == 'language_model' %}
     "generate": "commands.generate",
+{%- endif %}
 }
+{%- if cookiecutter.task == 'language_model' %}
 REPEATED = {"prompt": "a prompt; repeat the option for several"}  # list options given one by one
 {%- else %}
-
-
-COMMANDS = {"extrapolate": "commands.extrapolate"}  # command -> "module.function" of this package
 REPEATED: dict[str, str] = {}  # list options given one by one: --x a --x b
 {%- endif %}
 
