@@ -41,7 +41,6 @@ COMMON_FILES = {
     "src/{pkg}/__main__.py",
     "src/{pkg}/backbone.py",
     "src/{pkg}/checkpoint.py",
-    "src/{pkg}/classifier.py",
     "src/{pkg}/cli.py",
     "src/{pkg}/commands.py",
     "src/{pkg}/errors.py",
@@ -50,9 +49,7 @@ COMMON_FILES = {
     "src/{pkg}/devices.py",
     "src/{pkg}/graphs.py",
     "src/{pkg}/data/__init__.py",
-    "src/{pkg}/data/arrays.py",
     "src/{pkg}/data/base.py",
-    "src/{pkg}/data/series.py",
     "src/{pkg}/kernels.py",
     "src/{pkg}/launch.py",
     "src/{pkg}/loss.py",
@@ -92,9 +89,10 @@ COMMON_FILES = {
     "docs/design_decisions.md",
     "benchmarks/scan_speed.py",
     "benchmarks/demo_time.py",
+    "tests/test_imports.py",
     ".gitignore",
 }
-# What a task's bake holds besides: a classifier's project holds no language-model code.
+# What a task's bake holds besides: a project holds no code of the other task.
 TASK_FILES = {
     "language_model": {
         "src/{pkg}/evaluate.py",
@@ -143,7 +141,12 @@ TASK_FILES = {
         "tests/test_evaluate.py",
         "tests/test_pretrained.py",
     },
-    "sequence_classification": {"configs/arrays.yaml", "tests/test_imports.py"},
+    "sequence_classification": {
+        "src/{pkg}/classifier.py",
+        "src/{pkg}/data/arrays.py",
+        "src/{pkg}/data/series.py",
+        "configs/arrays.yaml",
+    },
 }
 
 

@@ -8,8 +8,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
 {%- if cookiecutter.task == 'language_model' %}
 LANGUAGE_MODEL = f"--model={PACKAGE}.module.LanguageModelling"
-{%- endif %}
+{%- else %}
 CLASSIFIER = f"--model={PACKAGE}.module.Classification"
+{%- endif %}
 
 # The smallest model the CLI tests train: the pure-PyTorch twin, one layer of d_model 16.
 # `--model=<class>` comes first: arguments given before it would belong to another class.
@@ -24,9 +25,6 @@ TINY_BACKBONE = [
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 {%- if cookiecutter.task == 'language_model' %}
 TINY = [LANGUAGE_MODEL, *TINY_BACKBONE, *QUIET]
-{%- endif %}
-TINY_CLASSIFIER = [CLASSIFIER, *TINY_BACKBONE, *QUIET]
-{%- if cookiecutter.task == 'language_model' %}
 # Selective copying small enough for many CPU steps a second: 24 batches an epoch.
 TINY_COPYING = [
     f"--data={PACKAGE}.data.SelectiveCopying",
@@ -36,8 +34,9 @@ TINY_COPYING = [
     "--data.num_train_samples=96",
     "--data.num_val_samples=8",
 ]
-{%- endif %}
-# Two classes of series, as small: 24 batches an epoch.
+{%- else %}
+TINY_CLASSIFIER = [CLASSIFIER, *TINY_BACKBONE, *QUIET]
+# Two classes of series, small enough for many CPU steps a second: 24 batches an epoch.
 TINY_SERIES = [
     f"--data={PACKAGE}.data.SyntheticSeries",
     "--data.seq_len=48",
@@ -46,6 +45,7 @@ TINY_SERIES = [
     "--data.num_train_samples=96",
     "--data.num_val_samples=8",
 ]
+{%- endif %}
 # The task this project was made for: the model and the data of the tests of what every run
 # does (resume, several processes, the run folder).
 {%- if cookiecutter.task == 'language_model' %}

@@ -13,10 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pytest
+{% if cookiecutter.task == 'sequence_classification' %}import numpy as np
+{% endif %}import pytest
 import torch
-from conftest import CLASSIFIER, PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA
+from conftest import {% if cookiecutter.task == 'sequence_classification' %}CLASSIFIER, {% endif %}PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -68,14 +68,15 @@ ARGUMENTS = {
     "negative_weight_decay": (["--model.weight_decay=-1"], "weight_decay=-1.0 must be >= 0"),
     "negative_warmup": (["--model.warmup_steps=-5"], "warmup_steps=-5 must be >= 0"),
     "min_lr_ratio_above_one": (["--model.min_lr_ratio=2"], "min_lr_ratio=2.0 must be in [0, 1]"),
-{%- if cookiecutter.task == 'language_model' %}
-    "pooling_on_a_language_model": (["--model.net.pooling=max"], "'pooling' is not accepted"),
-{%- else %}
+{%- if cookiecutter.task == 'sequence_classification' %}
     "pooling_unknown": (["--model.net.pooling=max"], "Got value: max"),
 {%- endif %}
     "unknown_kernel_policy": (["--model.kernels=sometimes"], "Got value: sometimes"),
 {%- if cookiecutter.task == 'language_model' %}
-    "classes_on_a_language_model": (["--model.net.num_classes=3"], "'num_classes' is not"),
+    "unknown_network_option": (
+        ["--model.net.tie_embedding=false"],
+        "'tie_embedding' is not accepted; did you mean --model.net.tie_embeddings?",
+    ),
 {%- else %}
     "vocabulary_on_a_classifier": (["--model.net.vocab_size=3"], "'vocab_size' is not"),
 {%- endif %}
@@ -119,7 +120,7 @@ ARGUMENTS = {
         [f"{DATA}.InductionHeads", "--data.seq_len=2"],
         "seq_len=2 has no room",
     ),
-{%- endif %}
+{%- else %}
     "series_one_class": (
         [f"{DATA}.SyntheticSeries", "--data.num_classes=1", "--data.seq_len=128"],
         "num_classes=1 is not a classification",
@@ -136,6 +137,7 @@ ARGUMENTS = {
         [f"{DATA}.SyntheticSeries", "--data.num_channels=0", "--data.seq_len=128"],
         "num_channels=0 must be positive",
     ),
+{%- endif %}
     "unknown_argument": (["--trainer.max_stepz=5"], "did you mean --trainer.max_steps?"),
     "unknown_model_option": (["--model.lrr=1e-3"], "did you mean --model.lr?"),
     "unknown_backbone_option": (
@@ -172,6 +174,9 @@ def text(folder: Path, name: str, content: bytes) -> str:
     return str(path)
 
 
+{%- if cookiecutter.task == 'sequence_classification' %}
+
+
 def arrays(folder: Path, name: str, **named) -> str:
     path = folder / name
     np.savez(path, **named) if name.endswith(".npz") else np.save(path, named["x"])
@@ -180,6 +185,7 @@ def arrays(folder: Path, name: str, **named) -> str:
 
 X = np.random.default_rng(0).normal(size=(20, 16, 2)).astype(np.float32)  # (N, L, C)
 Y = np.arange(20) % 2
+{%- endif %}
 
 
 def corrupt_zip(folder: Path) -> str:
@@ -198,8 +204,9 @@ def without_loops(folder: Path) -> str:
 # --- data files and checkpoints: folder -> (extra arguments, piece of the message)
 {%- if cookiecutter.task == 'language_model' %}
 TEXT = [f"{DATA}.TextFile", "--data.seq_len=16"]
-{%- endif %}
+{%- else %}
 ARRAYS = [f"{DATA}.ArrayClassification", "--data.num_classes=null"]  # not FIT's: the labels' own
+{%- endif %}
 FILES = {
 {%- if cookiecutter.task == 'language_model' %}
     "text_missing": lambda d: (
@@ -231,7 +238,7 @@ FILES = {
         [*TEXT, "--data.path=" + text(d, "a.txt", b"x" * 100), "--data.seq_len=0"],
         "seq_len=0 must be positive",
     ),
-{%- endif %}
+{%- else %}
     "arrays_missing": lambda d: ([*ARRAYS, f"--data.path={d}/none.npz"], "does not exist"),
     "arrays_csv": lambda d: (
         [*ARRAYS, "--data.path=" + text(d, "x.csv", b"1,2,3\n")],
@@ -297,6 +304,7 @@ FILES = {
         ],
         "has C=1 channels but",
     ),
+{%- endif %}
     "checkpoint_that_is_text": lambda d: (
         ["--ckpt_path=" + text(d, "notes.ckpt", b"hello, not a checkpoint\n")],
         "is not a checkpoint written by fit (not a file written by torch.save",
@@ -424,9 +432,8 @@ EVALUATIONS = {
         "holds another model than this config builds (it has no net.backbone.layers.1.",
     ),
 {%- if cookiecutter.task == 'language_model' %}
-    "predict_with_a_classifier": (
-        ["predict", CLASSIFIER, *TINY_BACKBONE, f"{DATA}.SyntheticSeries", "--data.seq_len=96"]
-        + ["{ckpt}"],
+    "predict_with_another_vocabulary": (
+        ["predict", "--data.num_symbols=16", "{ckpt}"],
         "holds another model than this config builds",
     ),
     "test_text_without_a_test_split": (
@@ -438,11 +445,11 @@ EVALUATIONS = {
         ["predict", "--data.num_classes=3", "--data.seq_len=96", "{ckpt}"],
         "holds another model than this config builds",
     ),
-{%- endif %}
     "test_arrays_without_a_test_split": (
         ["test", CLASSIFIER, *TINY_BACKBONE, *ARRAYS, "--data.path={arrays}", "{ckpt}"],
         "ArrayClassification: has no test split; give your held-out samples as data.test_path",
     ),
+{%- endif %}
 }
 
 
@@ -454,8 +461,9 @@ def test_evaluating_the_wrong_weights_stops_with_one_line(
         "ckpt": "--ckpt_path=" + str(trained_run / "run" / "checkpoints" / "last.ckpt"),
 {%- if cookiecutter.task == 'language_model' %}
         "text": text(tmp_path, "a.txt", b"some text to read " * 20),
-{%- endif %}
+{%- else %}
         "arrays": arrays(tmp_path, "a.npz", x=X, y=Y),
+{%- endif %}
     }
     command, *rest = [arg.format(**files) for arg in args]
     before = sorted(trained_run.rglob("*"))

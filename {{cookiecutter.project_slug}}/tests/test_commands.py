@@ -13,27 +13,14 @@ from pathlib import Path
 
 import pytest
 {%- if cookiecutter.task == 'language_model' %}
-from conftest import (
-    CORPUS,
-    PACKAGE,
-    TINY,
-    TINY_CLASSIFIER,
-    TINY_COPYING,
-    TINY_SERIES,
-    bpe_tokenizer,
-)
+from conftest import CORPUS, PACKAGE, TINY, TINY_COPYING, bpe_tokenizer
 {%- else %}
 from conftest import TINY_CLASSIFIER, TINY_SERIES
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.cli import COMMAND_LIST, main
 {%- if cookiecutter.task == 'language_model' %}
-from {{ cookiecutter.package_name }}.data import (
-    InductionHeads,
-    SelectiveCopying,
-    SyntheticSeries,
-    TextFile,
-)
+from {{ cookiecutter.package_name }}.data import InductionHeads, SelectiveCopying, TextFile
 {%- else %}
 from {{ cookiecutter.package_name }}.data import SyntheticSeries
 {%- endif %}
@@ -42,11 +29,10 @@ CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
 RUNS = {  # run id -> the arguments of its model and data
 {%- if cookiecutter.task == 'language_model' %}
     "copying": [*TINY, *TINY_COPYING, *CPU],
-{%- endif %}
-    "series": [*TINY_CLASSIFIER, *TINY_SERIES, *CPU],
-{%- if cookiecutter.task == 'language_model' %}
     "bpe": [*TINY, f"--data={PACKAGE}.data.TextFile", "--data.seq_len=16", *CPU]
     + ["--data.path={root}/corpus.txt", "--data.tokenizer={root}/tokenizer.json"],
+{%- else %}
+    "series": [*TINY_CLASSIFIER, *TINY_SERIES, *CPU],
 {%- endif %}
 }
 TASK_RUN = "{{ 'copying' if cookiecutter.task == 'language_model' else 'series' }}"  # of the task this project was made for
@@ -55,8 +41,8 @@ TASK_RUN = "{{ 'copying' if cookiecutter.task == 'language_model' else 'series' 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
 {%- if cookiecutter.task == 'language_model' %}
-    """A language model, a classifier and a language model of a 300-token BPE tokenizer,
-    each after two steps of fit."""
+    """A language model of bytes and one of a 300-token BPE tokenizer, each after two steps
+    of fit."""
     root = tmp_path_factory.mktemp("runs")
     (root / "corpus.txt").write_text(CORPUS)
     bpe_tokenizer(root / "tokenizer.json")
@@ -87,7 +73,7 @@ def test_predict_writes_each_samples_next_token_predictions_beside_the_run(runs,
     assert f"wrote 8 predictions to {runs / 'copying' / 'predictions' / 'last.jsonl'}" in (
         caplog.text
     )
-{%- endif %}
+{%- else %}
 
 
 def test_predict_writes_each_series_class_and_probabilities(runs):
@@ -97,6 +83,7 @@ def test_predict_writes_each_series_class_and_probabilities(runs):
         assert set(row) == {"index", "class", "probabilities", "label"}
         assert sum(row["probabilities"]) == pytest.approx(1, abs=1e-5)
         assert row["class"] == max(range(2), key=row["probabilities"].__getitem__)
+{%- endif %}
 
 
 @pytest.mark.parametrize(
@@ -105,10 +92,13 @@ def test_predict_writes_each_series_class_and_probabilities(runs):
 {%- if cookiecutter.task == 'language_model' %}
         SelectiveCopying(seq_len=24, num_tokens=4),
         InductionHeads(seq_len=16),
-{%- endif %}
+    ],
+    ids=["copying", "induction"],
+{%- else %}
         SyntheticSeries(seq_len=48, num_classes=2),
     ],
-    ids=[{% if cookiecutter.task == 'language_model' %}"copying", "induction", {% endif %}"series"],
+    ids=["series"],
+{%- endif %}
 )
 def test_generated_tasks_test_on_samples_that_validation_never_sees(data):
     val, test = data.dataset("val"), data.dataset("test")

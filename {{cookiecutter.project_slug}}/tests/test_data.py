@@ -9,13 +9,7 @@ import pytest
 import torch
 from conftest import CORPUS, bpe_tokenizer
 
-from {{ cookiecutter.package_name }}.data import (
-    ArrayClassification,
-    InductionHeads,
-    SelectiveCopying,
-    SyntheticSeries,
-    TextFile,
-)
+from {{ cookiecutter.package_name }}.data import InductionHeads, SelectiveCopying, TextFile
 from {{ cookiecutter.package_name }}.data import text as text_data
 {%- else -%}
 """Specification of the data modules: batch formats, seeding and bad-data errors."""
@@ -43,7 +37,7 @@ def test_selective_copying_batches_are_token_ids_with_scored_marker_positions():
     dm = SelectiveCopying(seq_len=32, num_tokens=4, num_symbols=6, **SMALL)
     inputs, targets = first_batch(dm)
     assert (dm.vocab_size, dm.blank_id, dm.marker_id) == (8, 6, 7)
-    assert (dm.task, dm.num_channels, dm.num_classes) == ("language_model", None, None)
+    assert dm.task == "language_model"
     assert inputs.shape == targets.shape == (8, 36)
     assert inputs.dtype == targets.dtype == torch.long
     assert inputs.min() >= 0 and inputs.max() < dm.vocab_size
@@ -69,14 +63,17 @@ def test_induction_heads_scores_only_the_symbol_after_the_first_trigger():
         assert inputs[-1] == dm.trigger_id and where < 22
         assert targets[-1] == inputs[where + 1]
         assert (targets[:-1] == -100).all()
-{%- endif %}
+{%- else %}
+
+
+# Generated series
 
 
 def test_synthetic_series_batches_are_float_series_with_class_labels():
     dm = SyntheticSeries(num_channels=3, seq_len=96, num_classes=4, **SMALL)
     x, y = first_batch(dm)
     assert dm.task == "sequence_classification"
-    assert (dm.num_channels, dm.num_classes, dm.vocab_size) == (3, 4, None)
+    assert (dm.num_channels, dm.num_classes) == (3, 4)
     assert x.shape == (8, 96, 3) and x.dtype == torch.float32
     assert y.shape == (8,) and y.dtype == torch.long
     labels = torch.stack([y for _, y in dm.dataset("train")])
@@ -93,9 +90,10 @@ def test_synthetic_series_class_shows_in_frequency_not_in_channel_means():
     centroids = torch.stack([means[y == k].mean(dim=0) for k in range(4)])  # (K, C)
     nearest = torch.cdist(means, centroids).argmin(dim=1)
     assert (nearest == y).float().mean() < 0.45  # chance is 0.25
+{%- endif %}
 
 
-@pytest.mark.parametrize("cls", [{% if cookiecutter.task == 'language_model' %}SelectiveCopying, InductionHeads, {% endif %}SyntheticSeries])
+@pytest.mark.parametrize("cls", [{{ 'SelectiveCopying, InductionHeads' if cookiecutter.task == 'language_model' else 'SyntheticSeries' }}])
 def test_synthetic_items_depend_only_on_seed_split_and_index(cls):
     a, b = cls(seed=1, **SMALL).dataset("train"), cls(seed=1, **SMALL).dataset("train")
     for i in range(5):
@@ -148,11 +146,13 @@ def test_changed_seq_len_applies_to_the_next_loader_and_is_checked():
         (SelectiveCopying, {"seed": -1}, "seed=-1"),
         (InductionHeads, {"seq_len": 2}, "seq_len=2"),
         (InductionHeads, {"num_val_samples": 0}, "num_val_samples=0"),
-{%- endif %}
+        (InductionHeads, {"num_workers": -1}, "num_workers=-1"),
+{%- else %}
         (SyntheticSeries, {"num_classes": 10, "seq_len": 128}, "needs seq_len >= 240"),
         (SyntheticSeries, {"num_classes": 1}, "num_classes=1"),
         (SyntheticSeries, {"noise": -0.5}, "noise=-0.5"),
         (SyntheticSeries, {"num_workers": -1}, "num_workers=-1"),
+{%- endif %}
     ],
 )
 def test_rejects_bad_arguments_naming_the_class_and_value(cls, kwargs, message):
@@ -342,7 +342,17 @@ def test_text_rejects_a_tokenizer_that_is_not_there(tmp_path):
     (tmp_path / "a.txt").write_text(CORPUS)
     with pytest.raises(FileNotFoundError, match=r"tokenizer='./nope.json': no such tokenizer"):
         text_module(tmp_path / "a.txt", tokenizer="./nope.json")
-{%- endif %}
+
+
+def test_val_lengths_add_a_validation_loader_per_length_named_by_it():
+    dm = InductionHeads(
+        seq_len=16, num_symbols=4, batch_size=4, num_val_samples=8, val_lengths=[64]
+    )
+    short, long = dm.val_dataloader()
+    assert next(iter(short))[0].shape == (4, 16) and next(iter(long))[0].shape == (4, 64)
+    assert dm.val_suffixes == ("", "@64")
+    assert InductionHeads(seq_len=16).val_dataloader().dataset.size == 1000  # one loader
+{%- else %}
 
 
 # Array classification
@@ -364,7 +374,7 @@ def test_array_npz_gives_float_series_and_labels(tmp_path):
     x, y = labelled_series()
     dm = ArrayClassification(write_npz(tmp_path / "d.npz", x=x, y=y), batch_size=4)
     assert dm.task == "sequence_classification"
-    assert (dm.num_channels, dm.num_classes, dm.vocab_size) == (3, 5, None)
+    assert (dm.num_channels, dm.num_classes) == (3, 5)
     xb, yb = first_batch(dm)
     assert xb.shape == (4, 16, 3) and xb.dtype == torch.float32
     assert yb.shape == (4,) and yb.dtype == torch.long
@@ -454,15 +464,4 @@ def test_array_rejects_missing_files_and_unclear_layouts(tmp_path):
     narrow = write_npz(tmp_path / "narrow.npz", x=x[..., :1], y=y)
     with pytest.raises(ValueError, match=r"narrow.npz has C=1 channels but .* has C=3"):
         ArrayClassification(write_npz(tmp_path / "d.npz", x=x, y=y), val_path=narrow)
-{%- if cookiecutter.task == 'language_model' %}
-
-
-def test_val_lengths_add_a_validation_loader_per_length_named_by_it():
-    dm = InductionHeads(
-        seq_len=16, num_symbols=4, batch_size=4, num_val_samples=8, val_lengths=[64]
-    )
-    short, long = dm.val_dataloader()
-    assert next(iter(short))[0].shape == (4, 16) and next(iter(long))[0].shape == (4, 64)
-    assert dm.val_suffixes == ("", "@64")
-    assert InductionHeads(seq_len=16).val_dataloader().dataset.size == 1000  # one loader
 {%- endif %}

@@ -4,38 +4,29 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PACKAGE, {% if cookiecutter.task == 'language_model' %}TINY, {% endif %}TINY_CLASSIFIER
+from conftest import PACKAGE, TINY_MODEL
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands import parse_lengths
 
-TASKS = {
+# A generated task of this project's kind: its class, then its seq_len.
+TASK = [
 {%- if cookiecutter.task == 'language_model' %}
-    "induction_heads": [
-        f"--data={PACKAGE}.data.InductionHeads",
-        "--data.seq_len=32",
-        "--data.num_symbols=4",
-    ],
+    f"--data={PACKAGE}.data.InductionHeads",
+    "--data.seq_len=32",
+    "--data.num_symbols=4",
+{%- else %}
+    f"--data={PACKAGE}.data.SyntheticSeries",
+    "--data.seq_len=48",
+    "--data.num_classes=2",
 {%- endif %}
-    "series": [
-        f"--data={PACKAGE}.data.SyntheticSeries",
-        "--data.seq_len=48",
-        "--data.num_classes=2",
-    ],
-}
-TINIES = {
-{%- if cookiecutter.task == 'language_model' %}
-    "induction_heads": TINY,
-{%- endif %}
-    "series": TINY_CLASSIFIER,
-}
-TASK = "{{ 'induction_heads' if cookiecutter.task == 'language_model' else 'series' }}"  # the task this project was made for
-TRAINED_AT = int(TASKS[TASK][1].split("=")[1])  # its seq_len
+]
+TRAINED_AT = int(TASK[1].split("=")[1])  # its seq_len
 DATA = ["--data.batch_size=8", "--data.num_train_samples=64", "--data.num_val_samples=24"]
 
 
-def trained(tmp_path: Path, task: str) -> Path:
-    args = ["fit", *TINIES[task], *TASKS[task], *DATA, "--trainer.max_steps=16", "--run.id=ih"]
+def trained(tmp_path: Path) -> Path:
+    args = ["fit", *TINY_MODEL, *TASK, *DATA, "--trainer.max_steps=16", "--run.id=ih"]
     main([*args, f"--run.root={tmp_path / 'runs'}"])
     return tmp_path / "runs" / "ih" / "checkpoints" / "last.ckpt"
 
@@ -43,7 +34,7 @@ def trained(tmp_path: Path, task: str) -> Path:
 @pytest.fixture(scope="module")
 def task_ckpt(tmp_path_factory) -> Path:
     """One trained checkpoint of TASK for the tests that only read it."""
-    return trained(tmp_path_factory.mktemp("trained"), TASK)
+    return trained(tmp_path_factory.mktemp("trained"))
 
 
 def test_lengths_take_lists_powers_and_ranges_of_powers():
@@ -51,27 +42,25 @@ def test_lengths_take_lists_powers_and_ranges_of_powers():
     assert parse_lengths("300, 2^4") == [16, 300]
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(task, tmp_path, capsys):
-    ckpt = trained(tmp_path, task)
-    trained_at = int(TASKS[task][1].split("=")[1])
+def test_at_the_trained_length_it_equals_validate_and_other_lengths_run(tmp_path, capsys):
+    ckpt = trained(tmp_path)
     validate = main(
-        ["validate", *TINIES[task], *TASKS[task], *DATA, f"--ckpt_path={ckpt}", "--run.id=ih"]
+        ["validate", *TINY_MODEL, *TASK, *DATA, f"--ckpt_path={ckpt}", "--run.id=ih"]
         + [f"--run.root={tmp_path / 'runs'}"]
     )
     val_acc = float(validate.trainer.callback_metrics["val/acc"])
     out = tmp_path / "lengths.json"
-    lengths = f"{trained_at},{2 * trained_at},{4 * trained_at}"
+    lengths = f"{TRAINED_AT},{2 * TRAINED_AT},{4 * TRAINED_AT}"
     main(
         ["extrapolate", f"--ckpt_path={ckpt}", f"--lengths={lengths}", "--samples=24"]
         + [f"--out={out}"]
     )
     report = json.loads(out.read_text())
-    assert report["task"] == TASKS[task][0].rsplit(".", 1)[1]
-    assert report["lengths"][str(trained_at)] == pytest.approx(val_acc, abs=1e-6)
-    assert set(report["lengths"]) == {str(trained_at), str(2 * trained_at), str(4 * trained_at)}
+    assert report["task"] == TASK[0].rsplit(".", 1)[1]
+    assert report["lengths"][str(TRAINED_AT)] == pytest.approx(val_acc, abs=1e-6)
+    assert set(report["lengths"]) == {str(TRAINED_AT), str(2 * TRAINED_AT), str(4 * TRAINED_AT)}
     assert all(0 <= acc <= 1 for acc in report["lengths"].values())
-    assert f"{4 * trained_at:9d} |" in capsys.readouterr().out
+    assert f"{4 * TRAINED_AT:9d} |" in capsys.readouterr().out
 
 
 def test_on_a_cpu_lengths_over_the_time_limit_are_projected_not_run(task_ckpt, tmp_path, capsys):

@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .classifier import MambaClassifier
-{%- if cookiecutter.task == 'language_model' %}
+{% if cookiecutter.task == 'language_model' -%}
 from .data.text import TextTokenizer
 from .hub import hub_file, looks_like_path
 from .model import MambaLM
+{%- else -%}
+from .classifier import MambaClassifier
 {%- endif %}
 
-NETWORKS = {cls.__name__: cls for cls in [{% if cookiecutter.task == 'language_model' %}MambaLM, {% endif %}MambaClassifier]}
+NETWORKS = {cls.__name__: cls for cls in [{{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}]}
 
 
 @dataclass
@@ -79,7 +80,6 @@ def one_source(ckpt_path: str | None, pretrained: str | None) -> None:
 
 
 def language_model(
-    command: str,
     ckpt_path: str | None,
     pretrained: str | None,
     revision: str | None = None,
@@ -93,11 +93,6 @@ def language_model(
     if ckpt_path is not None:
         trained = load_trained(ckpt_path, impl)
         model, own = trained.net, trained.tokenizer
-        if not isinstance(model, MambaLM):
-            raise ValueError(
-                f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; {command} needs a "
-                "language model (MambaLM)"
-            )
     else:
         model = MambaLM.from_pretrained(pretrained, revision, impl=impl)
         folder = Path(pretrained).expanduser()

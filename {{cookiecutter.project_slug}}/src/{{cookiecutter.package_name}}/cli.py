@@ -116,14 +116,13 @@ class MambaCLI(LightningCLI):
         # `--model.net.backbone.d_model=...` without a config: the task this project was made for
         parser.set_defaults({"model": {"class_path": f"{__package__}.module.{DEFAULT_MODULE}"}})
 {%- if cookiecutter.task == 'language_model' %}
-        # the network's sizes come from the data: a language model's vocabulary, a
-        # classifier's channels and classes (each link applies where the network has it)
-        for name in ("vocab_size", "num_channels", "num_classes"):
+        # the network's size comes from the data: its vocabulary
+        parser.link_arguments("data.vocab_size", f"{NET}.vocab_size", apply_on="instantiate")
 {%- else %}
         # the network's sizes come from the data: its channels and classes
         for name in ("num_channels", "num_classes"):
-{%- endif %}
             parser.link_arguments(f"data.{name}", f"{NET}.{name}", apply_on="instantiate")
+{%- endif %}
 
     def run_paths(self) -> tuple[str, Path, Path]:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -49,7 +49,6 @@ from .backbone import Impl
 from .checkpoint import Trained, language_model, load_trained, one_source
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
-from .model import MambaLM
 from .pretrained import FORMATS
 {%- else %}
 from .checkpoint import Trained, load_trained
@@ -70,15 +69,9 @@ def export(ckpt_path: str, format: Literal[FORMATS], out: str) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out={out} exists and is not an empty folder; give a new one")
     trained = load_trained(ckpt_path, "reference")
-    model = trained.net
-    if not isinstance(model, MambaLM):
-        raise ValueError(
-            f"--ckpt_path={ckpt_path} holds a {type(model).__name__}; export writes "
-            "language models (MambaLM) only"
-        )
     # the tokenizer.json it was trained with goes along, so the folder generates on its own
     tokenizer = TextTokenizer(trained.tokenizer).path if trained.tokenizer else None
-    model.save_pretrained(out, format=format)
+    trained.net.save_pretrained(out, format=format)
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out / "tokenizer.json")
     shipped = " with its tokenizer.json" if tokenizer is not None else ""
@@ -148,7 +141,7 @@ def generate(
             raise ValueError(f"--prompts_file={prompts_file} holds no prompt; one per line")
     else:
         texts = prompt
-    model, tokenizer = language_model("generate", ckpt_path, pretrained, revision, tokenizer, impl)
+    model, tokenizer = language_model(ckpt_path, pretrained, revision, tokenizer, impl)
     prompts = [tokenizer.encode(text) for text in texts]
     for i, ids in enumerate(prompts):
         if not ids:
@@ -272,23 +265,28 @@ def _task_of(trained: Trained):
     if not (isinstance(cls, type) and issubclass(cls, GeneratedDataModule) and "seq_len" in saved):
         raise ValueError(
             f"--ckpt_path was trained on {path or 'data that is not recorded'}, not a generated "
-            "task with a seq_len; extrapolate evaluates {% if cookiecutter.task == 'language_model' %}InductionHeads, SelectiveCopying and "
-            "{% endif %}SyntheticSeries checkpoints written by fit"
+{%- if cookiecutter.task == 'language_model' %}
+            "task with a seq_len; extrapolate evaluates InductionHeads and SelectiveCopying "
+            "checkpoints written by fit"
+{%- else %}
+            "task with a seq_len; extrapolate evaluates SyntheticSeries checkpoints written by fit"
+{%- endif %}
         )
     return cls, saved
 
 
 @torch.no_grad()
 def _accuracy(model: torch.nn.Module, inputs, targets) -> tuple[int, int]:
-    """(correct, scored): {% if cookiecutter.task == 'language_model' %}LM positions with a target, or {% endif %}one label per classified series."""
 {%- if cookiecutter.task == 'language_model' %}
-    if isinstance(model, MambaLM):
-        hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
-        scored = targets != IGNORE_INDEX
-        logits = hidden[scored] @ model.output_weight.T
-        return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
-{%- endif %}
+    """(correct, scored) over the positions with a target."""
+    hidden = model.backbone(inputs)  # (B, L, D); only the scored positions reach the head
+    scored = targets != IGNORE_INDEX
+    logits = hidden[scored] @ model.output_weight.T
+    return int((logits.argmax(-1) == targets[scored]).sum()), int(scored.sum())
+{%- else %}
+    """(correct, scored): one label per classified series."""
     return int((model(inputs).argmax(-1) == targets).sum()), targets.numel()
+{%- endif %}
 
 
 def extrapolate(

@@ -87,9 +87,10 @@ def options_under(prefix: str) -> list[str]:
     from lightning.pytorch import Trainer
 
     from .backbone import BackboneConfig
-    from .classifier import MambaClassifier
 {%- if cookiecutter.task == 'language_model' %}
     from .model import MambaLM
+{%- else %}
+    from .classifier import MambaClassifier
 {%- endif %}
     from .module import MambaModule
     from .runs import RunConfig
@@ -103,7 +104,7 @@ def options_under(prefix: str) -> list[str]:
     tree = {
         "trainer": params(Trainer),
         "model": params(MambaModule) + ["net"],
-        "model.net": params({% if cookiecutter.task == 'language_model' %}MambaLM, {% endif %}MambaClassifier),
+        "model.net": params({{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}),
         "model.net.backbone": [f.name for f in fields(BackboneConfig)],
         "run": [f.name for f in fields(RunConfig)],
     }

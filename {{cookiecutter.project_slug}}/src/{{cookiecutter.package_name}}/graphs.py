@@ -106,7 +106,7 @@ class GraphedLoss:
                 _Capture(self.owner, self.fn),
                 tuple(t.detach() for t in inputs),
                 num_warmup_iters=3,  # Triton autotunes in these, on a side stream
-                allow_unused_input=True,  # e.g. the classifier's parameters are not all used
+                allow_unused_input=True,  # a parameter the loss does not use is no error
             )
             self.graphs[key] = graphed
         return graphed(*inputs)

@@ -1,14 +1,9 @@
-"""How a model learns: {% if cookiecutter.task == 'language_model' %}the LightningModules that train a MambaLM or a MambaClassifier{% else %}the LightningModule that trains a MambaClassifier{% endif %}.
+"""How a model learns: the LightningModule that trains a {{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}.
 
-Each receives the network it trains (`net`, built by LightningCLI from the config's
+It receives the network it trains (`net`, built by LightningCLI from the config's
 `model.net` section) and adds what training needs: the loss, torchmetrics, AdamW with warmup
-{%- if cookiecutter.task == 'language_model' %}
-and cosine decay, gradient clipping and CUDA-graph replay. `MambaModule` holds what both
-share; `LanguageModelling` and `Classification` say what a step computes and measures.
-{%- else %}
 and cosine decay, gradient clipping and CUDA-graph replay. `MambaModule` holds what does not
-depend on the task; `Classification` says what a step computes and measures.
-{%- endif %}
+depend on the task; `{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}` says what a step computes and measures.
 
 Lightning calls the hooks below in this order during `fit`:
 setup -> configure_optimizers -> [training_step -> (validation_step ...)]* -> on_save_checkpoint.
@@ -24,9 +19,10 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from .classifier import MambaClassifier
-{%- if cookiecutter.task == 'language_model' %}
+{% if cookiecutter.task == 'language_model' -%}
 from .data import IGNORE_INDEX
+{%- else -%}
+from .classifier import MambaClassifier
 {%- endif %}
 from .graphs import GraphedLoss, Setting, decide
 from .kernels import Policy, check_kernels
@@ -41,10 +37,10 @@ NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "co
 
 
 class MambaModule(L.LightningModule):
-    """The optimiser, schedule, clipping and graph replay{% if cookiecutter.task == 'language_model' %} shared by both tasks{% endif %}.
+    """The optimiser, schedule, clipping and graph replay.
 
     Args:
-        net: the network to train ({% if cookiecutter.task == 'language_model' %}a MambaLM or {% endif %}a MambaClassifier).
+        net: the network to train (a {{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}).
         lr: peak learning rate after warmup; cosine decay to lr * min_lr_ratio at the last step.
         weight_decay: AdamW decay for weight matrices; never for norms, biases and the
             parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
@@ -277,6 +273,7 @@ class LanguageModelling(MambaModule):
             )
         return rows
 {%- endif %}
+{%- if cookiecutter.task == 'sequence_classification' %}
 
 
 class Classification(MambaModule):
@@ -345,6 +342,7 @@ class Classification(MambaModule):
             {"class": max(range(len(p)), key=p.__getitem__), "probabilities": p, "label": label}
             for p, label in zip(scores.tolist(), labels.tolist(), strict=True)
         ]
+{%- endif %}
 
 
 def loader_suffixes(data) -> tuple[str, ...]:

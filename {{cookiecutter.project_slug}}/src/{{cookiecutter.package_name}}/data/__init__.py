@@ -5,15 +5,21 @@
     synthetic.py   SelectiveCopying, InductionHeads: language-model tasks generated on the fly
     text.py        TextFile: your own text, as bytes or through a tokenizer
     hub.py         HubText: a text column of a HF `datasets` dataset (hub or local JSONL/parquet)
-{%- endif %}
+{%- else %}
     series.py      SyntheticSeries: generated multichannel series to classify
     arrays.py      ArrayClassification: your own (N, L, C) arrays to classify
+{%- endif %}
 
 A LightningDataModule bundles everything about the data in hooks that the Trainer calls in order:
 
     __init__(...)           every process, when LightningCLI builds the module: check the arguments
-                            and set `vocab_size`, `num_channels`, `num_classes` and `task`, which
-                            the CLI copies into the model before the model is built.
+{%- if cookiecutter.task == 'language_model' %}
+                            and set `vocab_size` and `task`; the CLI copies `vocab_size` into the
+                            model before the model is built.
+{%- else %}
+                            and set `num_channels`, `num_classes` and `task`; the CLI copies the
+                            sizes into the model before the model is built.
+{%- endif %}
     prepare_data()          once per machine (local rank 0 only), before setup: slow one-off work
                             that writes to disk, such as encoding a text corpus into a token cache.
                             Don't keep state here: other processes never run it.
@@ -21,15 +27,18 @@ A LightningDataModule bundles everything about the data in hooks that the Traine
     train_dataloader() ...  every process, when a loop starts (again every epoch with
                             `Trainer(reload_dataloaders_every_n_epochs=1)`).
 
-{% if cookiecutter.task == 'language_model' %}Language-model batches are `(inputs, targets)`, both LongTensor (B, L); the loss at position t
+{% if cookiecutter.task == 'language_model' -%}
+Language-model batches are `(inputs, targets)`, both LongTensor (B, L); the loss at position t
 compares the output at t with `targets[t]`, and -100 marks positions that are not scored.
-{% endif %}Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
+{%- else -%}
+Classification batches are `(x, y)`: FloatTensor (B, L, C) and LongTensor (B,).
+{%- endif %}
 
 The synthetic tasks draw item i of a split from a generator seeded by (seed, split, i), so every
 epoch, worker, restart and DDP rank sees the same data, and train and val never share a seed.
 {%- if cookiecutter.task == 'language_model' %}
 `test` evaluates a split of its own: the synthetic tasks draw it from seeds (seed, 2, i); TextFile
-holds out `test_fraction` of the text, ArrayClassification reads `test_path`, HubText `test_split`.
+holds out `test_fraction` of the text, HubText reads `test_split`.
 {%- else %}
 `test` evaluates a split of its own: SyntheticSeries draws it from seeds (seed, 2, i);
 ArrayClassification reads `test_path`.
@@ -37,33 +46,34 @@ ArrayClassification reads `test_path`.
 Without one, `test` stops with one line that says how to give one.
 """
 
-from .arrays import ArrayClassification
+{% if cookiecutter.task == 'language_model' -%}
 from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
-{%- if cookiecutter.task == 'language_model' %}
 from .hub import HubText
-{%- endif %}
-from .series import SyntheticSeries
-{%- if cookiecutter.task == 'language_model' %}
 from .synthetic import InductionHeads, SelectiveCopying
 from .text import TextFile, TokenWindows
-{%- endif %}
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BaseDataModule",
+    "GeneratedDataModule",
+    "HubText",
+    "InductionHeads",
+    "SeededDataset",
+    "SelectiveCopying",
+    "TextFile",
+    "TokenWindows",
+]
+{%- else -%}
+from .arrays import ArrayClassification
+from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
+from .series import SyntheticSeries
 
 __all__ = [
     "IGNORE_INDEX",
     "ArrayClassification",
     "BaseDataModule",
     "GeneratedDataModule",
-{%- if cookiecutter.task == 'language_model' %}
-    "HubText",
-    "InductionHeads",
-{%- endif %}
     "SeededDataset",
-{%- if cookiecutter.task == 'language_model' %}
-    "SelectiveCopying",
-{%- endif %}
     "SyntheticSeries",
-{%- if cookiecutter.task == 'language_model' %}
-    "TextFile",
-    "TokenWindows",
-{%- endif %}
 ]
+{%- endif %}

@@ -62,9 +62,12 @@ class BaseDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()  # stored in checkpoints next to the model's
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+{%- if cookiecutter.task == 'language_model' %}
         self.vocab_size: int | None = None
+{%- else %}
         self.num_channels: int | None = None
         self.num_classes: int | None = None
+{%- endif %}
         self.check(
             batch_size >= 1, f"batch_size={batch_size} must be positive; use batch_size >= 1"
         )
