@@ -98,10 +98,12 @@ def test_a_second_start_of_a_running_run_is_refused_and_a_kill_9_leaves_no_stale
 
 def test_ctrl_c_after_the_output_pipe_closed_still_saves_last_ckpt(tmp_path):
     """`fit ... | tee log` and Ctrl-C: tee is gone when the run announces its stop."""
-    process = fit_process(tmp_path, "piped", "--trainer.max_steps=100000", stdout=subprocess.PIPE)
-    lock = tmp_path / "piped" / ".lock"
-    wait_for(lock, process)
-    time.sleep(1.0)  # inside the training loop
+    process = fit_process(
+        tmp_path, "piped", "--trainer.max_steps=100000", "--trainer.val_check_interval=2",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    # inside the training loop, however slow the machine: its first validation has saved
+    wait_for(tmp_path / "piped" / "checkpoints" / runs.LAST, process)
     process.stdout.close()  # the reader of stdout is gone
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 128 + signal.SIGINT
