@@ -46,34 +46,35 @@ ArrayClassification reads `test_path`.
 Without one, `test` stops with one line that says how to give one.
 """
 
-{% if cookiecutter.task == 'language_model' -%}
+{% if cookiecutter.task == 'sequence_classification' -%}
+from .arrays import ArrayClassification
+{% endif -%}
 from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
+{% if cookiecutter.task == 'language_model' -%}
 from .hub import HubText
 from .synthetic import InductionHeads, SelectiveCopying
 from .text import TextFile, TokenWindows
+{%- else -%}
+from .series import SyntheticSeries
+{%- endif %}
 
 __all__ = [
     "IGNORE_INDEX",
+{%- if cookiecutter.task == 'sequence_classification' %}
+    "ArrayClassification",
+{%- endif %}
     "BaseDataModule",
     "GeneratedDataModule",
+{%- if cookiecutter.task == 'language_model' %}
     "HubText",
     "InductionHeads",
+{%- endif %}
     "SeededDataset",
+{%- if cookiecutter.task == 'language_model' %}
     "SelectiveCopying",
     "TextFile",
     "TokenWindows",
-]
-{%- else -%}
-from .arrays import ArrayClassification
-from .base import IGNORE_INDEX, BaseDataModule, GeneratedDataModule, SeededDataset
-from .series import SyntheticSeries
-
-__all__ = [
-    "IGNORE_INDEX",
-    "ArrayClassification",
-    "BaseDataModule",
-    "GeneratedDataModule",
-    "SeededDataset",
+{%- else %}
     "SyntheticSeries",
-]
 {%- endif %}
+]
