@@ -53,6 +53,7 @@ COMMON_FILES = {
     "src/{pkg}/kernels.py",
     "src/{pkg}/launch.py",
     "src/{pkg}/loss.py",
+    "src/{pkg}/loss_kernel.py",
     "src/{pkg}/mixers/__init__.py",
     "src/{pkg}/mixers/attention.py",
     "src/{pkg}/mixers/layers.py",

@@ -162,3 +162,46 @@ def test_mamba_ssm_loads_our_export_and_we_load_its_save_with_equal_logits(mixer
     assert back.tie_embeddings == tied
     torch.testing.assert_close(back(ids), want, rtol=0, atol=0)
 {%- endif %}
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_the_loss_kernel_equals_its_plain_pytorch_body(dtype, rtol):
+    from {{ cookiecutter.package_name }}.loss import scored_rows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, v = 1000, 50280  # a row longer than one block of the kernel, and not a multiple of it
+    logits = (4 * torch.randn(n, v, device="cuda", generator=g)).to(dtype)
+    targets = torch.randint(0, v, (n,), device="cuda", generator=g)
+    targets[:7] = -100
+    logits[10], logits[10, targets[10]] = -5.0, 60.0  # a sure row: loss about 1e-24
+    want = scored_rows(logits.clone(), targets, -100, True, kernels=False)
+    got = scored_rows(logits.clone(), targets, -100, True, kernels=True)
+    torch.testing.assert_close(got[0], want[0].float(), rtol=1e-5, atol=0)
+    assert 0 < got[0][10] < 1e-20 and got[0][:7].abs().max() == 0
+    assert torch.equal(got[1].bool(), want[1])
+    torch.testing.assert_close(got[2].float(), want[2].float(), rtol=rtol, atol=1e-7)
+    assert got[2][:7].abs().max() == 0
+{%- if cookiecutter.task == 'language_model' %}
+
+
+def test_the_training_loss_with_the_kernel_equals_it_without():
+    from {{ cookiecutter.package_name }}.loss import linear_cross_entropy
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    hidden = torch.randn(2, 2500, 256, device="cuda", generator=g)
+    weight = torch.randn(50280, 256, device="cuda", generator=g) * 256**-0.5
+    targets = torch.randint(0, 50280, (2, 2500), device="cuda", generator=g)
+    targets[0, :100] = -100
+    results = []
+    for kernels in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cuda", torch.bfloat16):
+            loss, correct = linear_cross_entropy(h, w, targets, -100, kernels=kernels)
+        loss.backward()
+        results.append((loss, correct, h.grad, w.grad))
+    (loss0, correct0, gh0, gw0), (loss1, correct1, gh1, gw1) = results
+    torch.testing.assert_close(loss1, loss0, rtol=1e-5, atol=0)
+    assert correct1 == correct0
+    for got, want in ((gh1, gh0), (gw1, gw0)):
+        assert (got - want).norm() / want.norm() < 1e-2  # bf16 gradients, rounded apart
+{%- endif %}

@@ -13,7 +13,7 @@ from conftest import PACKAGE, PROJECT, {% if cookiecutter.task == 'language_mode
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 {% if cookiecutter.task == 'sequence_classification' %}from {{ cookiecutter.package_name }}.classifier import MambaClassifier
 {% endif %}from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.loss import {% if cookiecutter.task == 'language_model' %}linear_cross_entropy, {% endif %}precise_cross_entropy
+from {{ cookiecutter.package_name }}.loss import cross_entropy{% if cookiecutter.task == 'language_model' %}, linear_cross_entropy{% endif %}
 {% if cookiecutter.task == 'language_model' %}from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.module import LanguageModelling, MambaModule, warmup_cosine
 {% else %}from {{ cookiecutter.package_name }}.module import Classification, MambaModule, warmup_cosine
@@ -337,6 +337,23 @@ def test_the_network_imports_and_runs_with_torch_alone():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("chunk_size", [5, 4096])
+def test_cross_entropy_is_the_plain_loss_with_its_gradient_and_hits(chunk_size):
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 11, 16, dtype=torch.float64, generator=g)).requires_grad_()
+    targets = torch.randint(0, 16, (3, 11), generator=g)
+    targets[0, :4] = -100
+    loss, correct = cross_entropy(logits, targets, chunk_size=chunk_size)
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, expected)
+    scored = targets != -100
+    assert correct == (logits.argmax(-1)[scored] == targets[scored]).sum()
+    (grad,) = torch.autograd.grad(2.5 * loss, logits)
+    (expected_grad,) = torch.autograd.grad(2.5 * expected, logits)
+    torch.testing.assert_close(grad, expected_grad)
+    assert grad[0, :4].abs().max() == 0  # ignored positions get no gradient
 {%- if cookiecutter.task == 'language_model' %}
 
 
@@ -361,25 +378,27 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_its_gradients(ch
 
 
 @pytest.mark.parametrize("chunk_size", [4, 4096])
-def test_precise_cross_entropy_is_the_loss_and_stays_above_zero_for_a_sure_model(chunk_size):
+def test_a_sure_model_keeps_its_loss_and_gradient_where_float32_reads_zero(chunk_size):
     g = torch.Generator().manual_seed(0)
-    logits = 3 * torch.randn(3, 11, 16, generator=g)
     targets = torch.randint(0, 16, (3, 11), generator=g)
     targets[0, :4] = -100
-    plain = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-    torch.testing.assert_close(precise_cross_entropy(logits, targets, chunk_size=chunk_size), plain)
     # a sure model: every target ahead by 30 to 40 logits; float32's plain loss reads 0.0
     margin = 30 + 10 * torch.rand(3, 11, 1, generator=g)
     sure = torch.randn(3, 11, 16, generator=g).scatter(-1, targets.clamp(min=0)[..., None], margin)
     plain = F.cross_entropy(sure.flatten(0, 1), targets.flatten(), ignore_index=-100)
     scored = targets != -100
-    x = sure.double()[scored]  # (N, 16): -log p = log1p(sum over the others of exp(x - x_t))
+    x = sure.double()[scored]  # (N, 16), in float64 from the definition:
     target = F.one_hot(targets[scored], 16).bool()
-    own = x[target][:, None]
-    exact = torch.log1p((x - own).exp().masked_fill(target, 0).sum(1)).mean()
+    others = (x - x[target][:, None]).exp().masked_fill(target, 0).sum(1)  # mass over p_t's
+    exact = torch.log1p(others).mean()  # -log p_t = log(1 + others)
     assert plain == 0.0 and 1e-20 < exact < 1e-10
-    got = precise_cross_entropy(sure, targets, chunk_size=chunk_size)
-    torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=0)
+    logits = sure.clone().requires_grad_()
+    loss, _ = cross_entropy(logits, targets, chunk_size=chunk_size)
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-4, atol=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    at_target = grad[scored].gather(1, targets[scored][:, None]).squeeze(1)
+    want = -(others / (1 + others)) / len(x)  # -(1 - p_t) / N, about -1e-15: not 0
+    torch.testing.assert_close(at_target.double(), want, rtol=1e-4, atol=0)
 
 
 CURRICULUM = [

@@ -14,9 +14,6 @@ import math
 
 import lightning as L
 import torch
-{%- if cookiecutter.task == 'sequence_classification' %}
-import torch.nn.functional as F
-{%- endif %}
 import torchmetrics
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,10 +27,10 @@ from .classifier import MambaClassifier
 from .graphs import GraphedLoss, Setting, decide
 from .kernels import Policy, check_kernels
 {%- if cookiecutter.task == 'language_model' %}
-from .loss import linear_cross_entropy, precise_cross_entropy
+from .loss import cross_entropy, linear_cross_entropy
 from .model import MambaLM
 {%- else %}
-from .loss import precise_cross_entropy
+from .loss import cross_entropy
 {%- endif %}
 
 NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "config"}
@@ -79,6 +76,11 @@ class MambaModule(L.LightningModule):
         self.matmul_weights = sum(p.numel() for p in net.parameters() if p.ndim >= 2)
         self.batch_tokens = 0
         self.train_loss = self.training_loss  # GraphedLoss(...) once fit decides to replay
+
+    @property
+    def fused(self) -> bool:
+        """Whether the network calls the fused kernels (`impl: fused`); the loss follows it."""
+        return self.net.backbone.impl == "fused"
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """The training loss and one statistic for the metrics. Only tensor work, no host
@@ -129,7 +131,7 @@ class MambaModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Runs on every process before training/evaluation: check the fused kernels, make the
         validation metrics (a set per loader) and decide whether the loss replays from graphs."""
-        if self.net.backbone.impl == "fused":
+        if self.fused:
             check_kernels(self.kernels, self.net.backbone.config.mixer)
         self.val_metrics = nn.ModuleList(  # one set per validation loader, named by suffix
             self.new_metrics().clone(prefix="val/", postfix=suffix or None)
@@ -230,7 +232,9 @@ class LanguageModelling(MambaModule):
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # the head and the loss run chunk by chunk: no (B, L, V) logits in memory
         hidden = self.net.backbone(inputs)  # (B, L, D)
-        loss, correct = linear_cross_entropy(hidden, self.net.output_weight, targets, IGNORE_INDEX)
+        loss, correct = linear_cross_entropy(
+            hidden, self.net.output_weight, targets, IGNORE_INDEX, kernels=self.fused
+        )
         return loss, correct / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     def training_step(self, batch, batch_idx):
@@ -244,7 +248,7 @@ class LanguageModelling(MambaModule):
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
         inputs, targets = batch
         logits = self.net(inputs).float()  # (B, L, V)
-        loss = precise_cross_entropy(logits, targets, IGNORE_INDEX)  # no 0.0 for a sure model
+        loss, _ = cross_entropy(logits, targets, IGNORE_INDEX, kernels=self.fused)
         metrics["acc"].update(logits.flatten(0, 1), targets.flatten())
         metrics["ppl"].update(logits, targets)
         self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
@@ -296,7 +300,7 @@ class Classification(MambaModule):
 
     def training_loss(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.net(inputs).float()  # (B, K)
-        return F.cross_entropy(logits, targets), logits
+        return cross_entropy(logits, targets, kernels=self.fused)[0], logits
 
     def measure(self, metrics: torchmetrics.MetricCollection, logits: Tensor, targets) -> None:
         scores = logits.softmax(-1)
@@ -319,7 +323,7 @@ class Classification(MambaModule):
     def evaluate(self, batch, metrics: torchmetrics.MetricCollection) -> None:
         inputs, targets = batch
         logits = self.net(inputs).float()  # (B, K)
-        loss = precise_cross_entropy(logits, targets)  # no 0.0 for a sure model
+        loss, _ = cross_entropy(logits, targets, kernels=self.fused)
         self.log_loss(f"{metrics.prefix}loss{metrics.postfix or ''}", loss, len(targets))
         self.measure(metrics, logits, targets)
 

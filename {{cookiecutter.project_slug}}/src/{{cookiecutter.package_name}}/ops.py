@@ -43,7 +43,7 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def _fused(kernels: bool, t: Tensor, package: str = "mamba_ssm") -> bool:
+def use_kernel(kernels: bool, t: Tensor, package: str = "mamba_ssm") -> bool:
     """Whether to run the kernel: asked for, a CUDA input, and its package installed (where
     it is not, the kernel check has already said so, and the plain version runs)."""
     return kernels and t.is_cuda and _installed(package)
@@ -68,7 +68,7 @@ def rms_norm(
     kernels: bool,
 ):
     """RMSNorm(x + residual); with prenorm also the new residual stream (x + residual)."""
-    if _fused(kernels, x):
+    if use_kernel(kernels, x):
         from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
 
         return rms_norm_fn(
@@ -96,7 +96,7 @@ def gated_rms_norm(
 ) -> Tensor:
     """RMSNorm(y * silu(z)) over groups of `group_size` channels (norm_before_gate: the norm of
     y, then * silu(z)); z None: the plain RMSNorm per group. Returns y's dtype."""
-    if _fused(kernels, y):
+    if use_kernel(kernels, y):
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
 
         return rmsnorm_fn(
@@ -119,7 +119,7 @@ def gated_rms_norm(
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, *, kernels: bool) -> Tensor:
     """silu(depthwise causal conv): x (B, L, C), weight (C, W), bias (C,) -> (B, L, C)."""
-    if _fused(kernels, x, "causal_conv1d"):
+    if use_kernel(kernels, x, "causal_conv1d"):
         from causal_conv1d import causal_conv1d_fn
 
         # (B, C, L) with channels innermost: causal-conv1d's channel-last layout, no copy
@@ -135,7 +135,7 @@ def causal_conv1d_step(
     x: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor | None, *, kernels: bool
 ) -> Tensor:
     """One token: x (B, C); conv_state (B, C, W) holds the last W inputs, shifted in place."""
-    if _fused(kernels, x, "causal_conv1d"):
+    if use_kernel(kernels, x, "causal_conv1d"):
         from causal_conv1d import causal_conv1d_update
 
         return causal_conv1d_update(x, conv_state, weight, bias, "silu")
@@ -165,7 +165,7 @@ def selective_scan(
 ):
     """x, dt, z (B, L, D); A (D, N); B, C (B, L, N); D, dt_bias (D,) -> y (B, L, D)
     [and the final state (B, D, N)], with dt -> softplus(dt + dt_bias)."""
-    if _fused(kernels, x):
+    if use_kernel(kernels, x):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         out = selective_scan_fn(
@@ -197,7 +197,7 @@ def selective_state_step(
 ) -> Tensor:
     """One token of Mamba1's scan: state (B, D, N) updated in place; x, dt, z (B, D);
     B, C (B, N) -> y (B, D) in x's dtype."""
-    if _fused(kernels, x):
+    if use_kernel(kernels, x):
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
         return selective_state_update(
@@ -230,7 +230,7 @@ def ssd_scan(
 ):
     """x (B, L, H, P); dt (B, L, H); A, D, dt_bias (H,); B, C (B, L, G, N)
     -> y (B, L, H, P) [and the final state (B, H, P, N)], dt -> softplus(dt + dt_bias)."""
-    if _fused(kernels, x):
+    if use_kernel(kernels, x):
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
         out = mamba_chunk_scan_combined(
@@ -258,7 +258,7 @@ def ssd_state_step(
 ) -> Tensor:
     """One token of SSD: state (B, H, P, N) updated in place; x (B, H, P); dt (B, H);
     A, D, dt_bias (H,); B, C (B, G, N) -> y (B, H, P) in x's dtype."""
-    if _fused(kernels, x):
+    if use_kernel(kernels, x):
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
 
         h, p, n = x.shape[1], x.shape[2], state.shape[-1]
@@ -277,7 +277,7 @@ def ssd_state_step(
 
 def fused_layer(kernels: bool, u: Tensor) -> bool:
     """Whether a whole layer may run as one fused kernel (it needs mamba-ssm and causal-conv1d)."""
-    return _fused(kernels, u) and _installed("causal_conv1d")
+    return use_kernel(kernels, u) and _installed("causal_conv1d")
 
 
 def mamba_inner(
@@ -365,7 +365,7 @@ def mamba3_siso(
     recurrence is written in scan.py. On a GPU its Triton kernel (Hopper only) for bfloat16
     inputs (bf16-mixed training, bf16 weights): it rounds Q, K, V, Trap and the angles to
     bfloat16 inside, so a float32 layer takes the plain-PyTorch scan and stays float32."""
-    if _fused(kernels, V):
+    if use_kernel(kernels, V):
         problem = mamba3_kernel_problem(V.device)
         if problem is None and V.dtype != torch.bfloat16:
             problem = (
@@ -394,7 +394,7 @@ def mamba3_mimo(
     (TileLang; the image installs the pinned tilelang because mamba-ssm requires it) has not
     been verified against this scan on a GPU, so the plain-PyTorch scan runs everywhere."""
     args = (Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, Angles, D, Z)
-    if _fused(kernels, V):
+    if use_kernel(kernels, V):
         _say_once(
             "Mamba-3 MIMO runs its plain-PyTorch scan on the GPU (slow): its fused kernel "
             "(TileLang) is not verified against it"
