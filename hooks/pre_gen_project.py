@@ -25,8 +25,8 @@ CHOICES = {
 }
 
 # GPUs that Modal rents but the pinned kernel stack cannot train on, and why: cookiecutter.json's
-# _unsupported_gpus, which the project's launch.py refuses in the same words; and one name the
-# bake does not take.
+# _unsupported_gpus, which the project's machinery/launch.py refuses in the same words; and one
+# name the bake does not take.
 UNSUPPORTED_GPUS = {**ANSWERS["_unsupported_gpus"], "A10G": "Modal calls this GPU A10"}
 
 # Mamba-3's Triton kernels use Hopper's tensor memory accelerator: the GPUs they were run on.

@@ -13,8 +13,9 @@ The file reads top to bottom: the image, the Volumes, the training functions, th
 then the helpers ({% if cookiecutter.task == 'language_model' %}GPU check, data preparation{% else %}extrapolation{% endif %}, TensorBoard).
 
 What happens where:
-- On your machine, `main` checks every input with `{{ cookiecutter.package_name }}.launch` (config path, run id,
-  GPUs, nodes, timeout) before any GPU time is spent, without importing torch or Lightning.
+- On your machine, `main` checks every input with `{{ cookiecutter.package_name }}.machinery.launch` (config path,
+  run id, GPUs, nodes, timeout) before any GPU time is spent, without importing torch or
+  Lightning.
   Then it spawns `train` (one container) or `train_cluster` (several) and waits for the call.
   A spawned call outlives the 24 hours of a `.remote()` call, and with `--detach` it runs on
   when your terminal closes; every retried attempt resumes from last.ckpt.
@@ -50,15 +51,15 @@ import modal
 import modal.experimental
 
 try:
-    from {{ cookiecutter.package_name }} import launch
+    from {{ cookiecutter.package_name }}.machinery import launch
 {%- if cookiecutter.task == 'language_model' %}
-    from {{ cookiecutter.package_name }}.runid import checkpoint_path, pretrained_folder
+    from {{ cookiecutter.package_name }}.machinery.runid import checkpoint_path, pretrained_folder
 {%- else %}
-    from {{ cookiecutter.package_name }}.runid import checkpoint_path
+    from {{ cookiecutter.package_name }}.machinery.runid import checkpoint_path
 {%- endif %}
 except ModuleNotFoundError as err:  # on your machine: the package or PyYAML is not installed
     print(
-        f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.launch: run "
+        f"error: {err}. modal_app.py checks its inputs with {{ cookiecutter.package_name }}.machinery.launch: run "
         "`pip install pyyaml && pip install --no-deps -e .` in the project folder.",
         file=sys.stderr,
     )
@@ -238,7 +239,7 @@ def run_training(
     `env` adds environment variables for the child (and the processes Lightning starts
     from it), such as the rendezvous of a cluster.
     """
-    report = import_module(f"{PACKAGE}.kernels").check_kernels(kernels)
+    report = import_module(f"{PACKAGE}.machinery.kernels").check_kernels(kernels)
     if report:
         print("fast paths:", ", ".join(f"{k}={'on' if v else 'OFF'}" for k, v in report.items()))
 

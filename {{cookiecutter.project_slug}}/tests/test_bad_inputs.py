@@ -20,7 +20,7 @@ from conftest import {% if cookiecutter.task == 'sequence_classification' %}CLAS
 from lightning.pytorch.accelerators import CPUAccelerator, MPSAccelerator
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.devices import float64_works
+from {{ cookiecutter.package_name }}.machinery.devices import float64_works
 
 DATA = f"--data={PACKAGE}.data"
 # A tiny run of the task this project was made for, on the CPU; each case changes one thing.

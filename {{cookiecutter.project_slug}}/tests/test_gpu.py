@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.backbone import Backbone, BackboneConfig, resolve_impl
-from {{ cookiecutter.package_name }}.kernels import check_kernels
+from {{ cookiecutter.package_name }}.machinery.kernels import check_kernels
 
 pytestmark = [
     pytest.mark.gpu,

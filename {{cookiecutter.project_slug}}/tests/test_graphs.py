@@ -18,7 +18,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.graphs import GraphedLoss, decide
+from {{ cookiecutter.package_name }}.machinery.graphs import GraphedLoss, decide
 from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.module import LanguageModelling
 {%- else -%}
@@ -29,7 +29,7 @@ import torch
 from conftest import TASK_MODEL, TINY_DATA
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.graphs import decide
+from {{ cookiecutter.package_name }}.machinery.graphs import decide
 {%- endif %}
 
 SAFE = {

@@ -16,9 +16,9 @@ OTHER_TASK = [
     "data.synthetic",
     "data.text",
     "evaluate",
-    "formats",
     "generation",
-    "hub",
+    "machinery.formats",
+    "machinery.hub",
     "model",
     "pretrained",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import PACKAGE, PROJECT
 
-from {{ cookiecutter.package_name }} import launch
+from {{ cookiecutter.package_name }}.machinery import launch
 
 BAKED_GPU = "{{ cookiecutter.modal_gpu }}"
 GPUS = launch.gpu_fallbacks(BAKED_GPU)
@@ -84,8 +84,8 @@ def test_good_inputs_become_a_request(monkeypatch):
 
 
 def test_the_run_id_rule_is_the_one_the_cli_applies():
-    runs = pytest.importorskip(f"{PACKAGE}.runs", reason="the CLI side needs torch")
-    assert runs.is_run_id is launch.is_run_id  # one rule, in runid.py
+    runs = pytest.importorskip(f"{PACKAGE}.machinery.runs", reason="the CLI side needs torch")
+    assert runs.is_run_id is launch.is_run_id  # one rule, in machinery/runid.py
     for bad in ("-dash-first", "a/b", "x" * 129):
         with pytest.raises(ValueError, match="use only letters"):
             runs.RunConfig(id=bad)

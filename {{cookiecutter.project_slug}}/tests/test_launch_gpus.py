@@ -3,7 +3,7 @@
 import pytest
 from conftest import PROJECT
 
-from {{ cookiecutter.package_name }} import launch
+from {{ cookiecutter.package_name }}.machinery import launch
 
 
 def any_config() -> str:

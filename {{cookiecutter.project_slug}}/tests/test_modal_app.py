@@ -548,7 +548,8 @@ class Train:
 
 modal_app.train = Train()
 modal_app.main.info.raw_f(config={any_config()!r}, run_id="exp-1")
-print("heavy:", sorted(m for m in ("torch", "lightning", "{PACKAGE}.runs") if m in sys.modules))
+heavy = ("torch", "lightning", "{PACKAGE}.machinery.runs")
+print("heavy:", sorted(m for m in heavy if m in sys.modules))
 """
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT, env=clean_env(tmp_path), capture_output=True
@@ -666,9 +667,9 @@ def volumes(tmp_path, monkeypatch):
         policies.append(policy)
         return {"selective_scan": False, "causal_conv1d": False, "triton_ssd": False}
 
-    kernels = type(sys)(f"{PACKAGE}.kernels")
+    kernels = type(sys)(f"{PACKAGE}.machinery.kernels")
     kernels.check_kernels = check_kernels
-    monkeypatch.setitem(sys.modules, f"{PACKAGE}.kernels", kernels)
+    monkeypatch.setitem(sys.modules, f"{PACKAGE}.machinery.kernels", kernels)
     return mounts, runs, policies
 
 

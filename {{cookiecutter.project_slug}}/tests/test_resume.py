@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.data import {{ 'SelectiveCopying' if cookiecutter.task == 'language_model' else 'SyntheticSeries' }}
-from {{ cookiecutter.package_name }}.runs import (
+from {{ cookiecutter.package_name }}.machinery.runs import (
     LAST,
     PREVIOUS,
     AtomicCheckpointIO,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import PACKAGE, PROJECT, TASK_MODEL, TINY_BACKBONE, TINY_DATA, TINY_MODEL
 
-from {{ cookiecutter.package_name }} import runs
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.machinery import runs
 
 DATA = [
     "--seed_everything=0",
@@ -234,7 +234,7 @@ def test_progress_written_to_a_pipe_is_whole_lines_counted_from_the_run_step(tmp
 
 
 def test_the_terminal_bar_shows_the_training_loss_it_reads_when_it_draws():
-    from {{ cookiecutter.package_name }}.progress import Bar
+    from {{ cookiecutter.package_name }}.machinery.progress import Bar
 
     trainer = SimpleNamespace(
         loggers=[],

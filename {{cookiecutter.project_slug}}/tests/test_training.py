@@ -108,7 +108,7 @@ def test_a_run_still_at_chance_says_so_once_and_a_learning_one_does_not(tmp_path
     """NotLearning compares val/loss with the data's chance loss (ln 7 for 7 symbols): a model
     that cannot move (lr 1e-12) is told at the first validation after `after_step`, once; a model
     that learns the recall is not."""
-    callback = f"--trainer.callbacks+={PACKAGE}.progress.NotLearning"
+    callback = f"--trainer.callbacks+={PACKAGE}.machinery.progress.NotLearning"
     caplog.set_level(logging.INFO)
     main([
         "fit", *TINY, f"--data={PACKAGE}.data.InductionHeads", "--data.seq_len=8",
@@ -129,7 +129,8 @@ def test_gradient_norms_logs_each_layers_gradient_before_clipping(tmp_path):
     """GradientNorms logs every parameter's gradient norm on the steps that log: the per-layer
     signal that tells a stalled run from one that learns."""
     cli = main([
-        "fit", *TINY_MODEL, *TASK_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "fit", *TINY_MODEL, *TASK_DATA,
+        f"--trainer.callbacks+={PACKAGE}.machinery.progress.GradientNorms",
         "--trainer.max_steps=3", "--trainer.val_check_interval=3",
         "--trainer.log_every_n_steps=1", "--trainer.gradient_clip_val=1e-6",
         f"--run.root={tmp_path}",
@@ -148,7 +149,8 @@ def test_gradient_norms_are_those_of_the_step_they_are_written_at(tmp_path):
     that step's (here the last step's, whose gradients fit leaves in place), not an earlier
     step's."""
     cli = main([
-        "fit", *TINY_MODEL, *TASK_DATA, f"--trainer.callbacks+={PACKAGE}.progress.GradientNorms",
+        "fit", *TINY_MODEL, *TASK_DATA,
+        f"--trainer.callbacks+={PACKAGE}.machinery.progress.GradientNorms",
         "--trainer.max_steps=4", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=2",
         "--trainer.gradient_clip_val=0", f"--run.root={tmp_path}",
     ])  # fmt: skip

@@ -37,15 +37,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .commands import COMMANDS, run
 from .data import BaseDataModule
-from .devices import device_settings
-from .errors import input_error
-from .module import MambaModule
-{%- if cookiecutter.task == 'language_model' %}
-from .pretrained import read_checkpoint
-{%- endif %}
-from .progress import Announce, Bar, LineProgress, LoggedThroughput, ParameterSummary
-from .runid import CHECKPOINTS, run_folder
-from .runs import (
+from .machinery.devices import device_settings
+from .machinery.errors import input_error
+from .machinery.progress import Announce, Bar, LineProgress, LoggedThroughput, ParameterSummary
+from .machinery.runid import CHECKPOINTS, run_folder
+from .machinery.runs import (
     LAST,
     AtomicCheckpointIO,
     BestCheckpoint,
@@ -63,6 +59,10 @@ from .runs import (
     resume_checkpoint,
     unreadable,
 )
+from .module import MambaModule
+{%- if cookiecutter.task == 'language_model' %}
+from .pretrained import read_checkpoint
+{%- endif %}
 
 DEFAULT_MODULE = "{{ 'LanguageModelling' if cookiecutter.task == 'language_model' else 'Classification' }}"
 COMMAND_LIST = {  # `python -m <package> --help`: every command, one line each

@@ -24,13 +24,15 @@ from .data import IGNORE_INDEX
 {%- else -%}
 from .classifier import MambaClassifier
 {%- endif %}
-from .graphs import GraphedLoss, Setting, decide
-from .kernels import Policy, check_kernels
 {%- if cookiecutter.task == 'language_model' %}
 from .loss import cross_entropy, linear_cross_entropy
-from .model import MambaLM
 {%- else %}
 from .loss import cross_entropy
+{%- endif %}
+from .machinery.graphs import GraphedLoss, Setting, decide
+from .machinery.kernels import Policy, check_kernels
+{%- if cookiecutter.task == 'language_model' %}
+from .model import MambaLM
 {%- endif %}
 
 NET_KEY = "net"  # the checkpoint entry that rebuilds the network: {"class", "config"}
@@ -46,7 +48,8 @@ class MambaModule(L.LightningModule):
             parameters mamba-ssm marks `_no_weight_decay` (A_log, D, dt_bias).
         kernels: what to do when a fused fast path is missing: require (stop), warn, off.
         cuda_graphs: replay the training loss's forward and backward from CUDA graphs
-            (graphs.py): auto (wherever it is safe), on (refuse where it cannot work), off.
+            (machinery/graphs.py): auto (wherever it is safe), on (refuse where it cannot
+            work), off.
     """
 
     def __init__(
@@ -100,7 +103,7 @@ class MambaModule(L.LightningModule):
         """Log a loss. Validation's goes to the progress bar here; the training loss is not
         a `prog_bar` value, because Lightning reads those back to the host after every step, a
         sync that would keep the CPU from queueing the next step while the GPU works: the
-        bars read it themselves when they draw (progress.with_training_loss)."""
+        bars read it themselves when they draw (machinery.progress.with_training_loss)."""
         train = name.startswith("train/")
         self.log(
             name,
@@ -158,8 +161,9 @@ class MambaModule(L.LightningModule):
         return replay
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The network's class and shape travel with its weights: `checkpoint.load_trained`
-        rebuilds it from them without this module or Lightning."""
+        """The network's class and shape travel with its weights:
+        `machinery.checkpoint.load_trained` rebuilds it from them without this module or
+        Lightning."""
         net = self.net
         checkpoint[NET_KEY] = {"class": type(net).__name__, "config": net.config}
 

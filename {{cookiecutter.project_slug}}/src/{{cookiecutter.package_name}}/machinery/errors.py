@@ -13,7 +13,7 @@ from argparse import ArgumentError
 from dataclasses import fields
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole package, not machinery/ alone
 
 
 def input_error(err: BaseException, argv: list[str] = ()) -> str | None:
@@ -86,13 +86,13 @@ def options_under(prefix: str) -> list[str]:
     """The names one level below a dotted prefix of the CLI's options."""
     from lightning.pytorch import Trainer
 
-    from .backbone import BackboneConfig
+    from ..backbone import BackboneConfig
 {%- if cookiecutter.task == 'language_model' %}
-    from .model import MambaLM
+    from ..model import MambaLM
 {%- else %}
-    from .classifier import MambaClassifier
+    from ..classifier import MambaClassifier
 {%- endif %}
-    from .module import MambaModule
+    from ..module import MambaModule
     from .runs import RunConfig
 
     def params(*objects) -> list[str]:

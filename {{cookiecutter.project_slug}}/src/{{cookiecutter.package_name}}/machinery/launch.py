@@ -202,7 +202,7 @@ def trainer_settings(
     except (yaml.YAMLError, TypeError) as err:
         raise ValueError(
             f"--config {config}: not a YAML mapping ({err}). Fix the file; `python -m "
-            f"{__package__} fit --config {config} --print_config` shows what the CLI reads."
+            f"{{ cookiecutter.package_name }} fit --config {config} --print_config` shows what the CLI reads."
         ) from None
     found = {}
     for key in ("devices", "num_nodes"):

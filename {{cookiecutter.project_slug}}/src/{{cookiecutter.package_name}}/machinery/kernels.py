@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from .ops import mamba3_kernel_problem
+from ..ops import mamba3_kernel_problem
 
 log = logging.getLogger(__name__)
 
