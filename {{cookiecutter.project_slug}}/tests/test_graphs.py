@@ -19,6 +19,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from {{ cookiecutter.package_name }}.backbone import BackboneConfig
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.machinery.graphs import GraphedLoss, decide
+from {{ cookiecutter.package_name }}.machinery.progress import GradientNorms
 from {{ cookiecutter.package_name }}.model import MambaLM
 from {{ cookiecutter.package_name }}.module import LanguageModelling
 {%- else -%}
@@ -138,7 +139,9 @@ class _Losses(L.Callback):
         self.losses.append(outputs["loss"].item())
 
 
-def train(mixer, mlp, graphs, loader, steps=50, precision="32-true", ckpt=None, callbacks=()):
+def train(
+    mixer, mlp, graphs, loader, steps=50, precision="32-true", ckpt=None, callbacks=(), log_every=50
+):
     torch.manual_seed(0)
     config = BackboneConfig(
         impl="fused",
@@ -159,6 +162,7 @@ def train(mixer, mlp, graphs, loader, steps=50, precision="32-true", ckpt=None, 
         precision=precision,
         max_steps=steps,
         gradient_clip_val=1.0,
+        log_every_n_steps=log_every,
         logger=False,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,
@@ -203,6 +207,37 @@ def test_replayed_training_follows_the_eager_loss_curve_in_bf16(mixer):
     # bf16 rounds at 2**-8 relative; the two curves share every kernel and differ by far less
     assert replayed == pytest.approx(eager, rel=2e-3)
     assert eager[-1] < eager[0]
+
+
+class _GradientTotals(L.Callback):
+    """The total gradient norm each step, read where GradientNorms reads it."""
+
+    def __init__(self):
+        self.totals = []
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        norms = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+        self.totals.append(torch.linalg.vector_norm(torch.stack(norms)).item())
+
+
+@on_gpu
+@pytest.mark.parametrize("mixer", ["Mamba1", "Mamba2"])
+def test_gradient_norms_under_replay_are_those_of_eager_training(mixer):
+    """Under replay the backward runs inside a graph: the gradients GradientNorms reads before
+    each optimizer step are that step's, as in eager training, and so is what it logs."""
+    loader = batches(25, 4, 64)
+    totals, logged = {}, {}
+    for graphs in (False, True):
+        seen = _GradientTotals()
+        *_, model = train(
+            mixer, False, graphs, loader, steps=8, callbacks=[GradientNorms(), seen], log_every=1
+        )
+        totals[graphs] = seen.totals
+        logged[graphs] = float(model.trainer.callback_metrics["grad_2.0_norm_total"])
+    assert len(totals[True]) == 8 and len(set(totals[True])) == 8  # a new gradient every step
+    assert totals[True] == pytest.approx(totals[False], rel=1e-5)
+    assert logged[True] == pytest.approx(totals[True][-1], rel=1e-5)
+    assert logged[True] == pytest.approx(logged[False], rel=1e-5)
 
 
 @on_gpu
