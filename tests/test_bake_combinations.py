@@ -48,7 +48,7 @@ COMMON_FILES = {
     "src/{pkg}/loss.py",
     "src/{pkg}/loss_kernel.py",
     "src/{pkg}/machinery/__init__.py",
-    "src/{pkg}/machinery/checkpoint.py",
+    "src/{pkg}/checkpoint.py",
     "src/{pkg}/machinery/devices.py",
     "src/{pkg}/machinery/errors.py",
     "src/{pkg}/machinery/graphs.py",

@@ -14,17 +14,19 @@ restart never silently begins from scratch.
 """
 
 import difflib
+import inspect
 import json
 import logging
 import os
 import sys
 import warnings
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io import CheckpointIO
-from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import (
     BasePredictionWriter,
     LearningRateMonitor,
@@ -35,6 +37,10 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from .backbone import BackboneConfig
+{%- if cookiecutter.task == 'sequence_classification' %}
+from .classifier import MambaClassifier
+{%- endif %}
 from .commands import COMMANDS, run
 from .data import BaseDataModule
 from .machinery.devices import device_settings
@@ -59,6 +65,9 @@ from .machinery.runs import (
     resume_checkpoint,
     unreadable,
 )
+{%- if cookiecutter.task == 'language_model' %}
+from .model import MambaLM
+{%- endif %}
 from .module import MambaModule
 {%- if cookiecutter.task == 'language_model' %}
 from .pretrained import read_checkpoint
@@ -496,7 +505,7 @@ def main(args: list[str] | None = None) -> MambaCLI | None:
         rank_zero_info(f"{stop}; start the same command again to resume")
         raise SystemExit(stop.exit_code) from None
     except Exception as err:
-        message = input_error(err, argv)
+        message = input_error(err, argv, options_under)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
@@ -522,3 +531,22 @@ def leave_process_group() -> None:
         else:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def options_under(prefix: str) -> list[str]:
+    """The names one level below a dotted prefix of the CLI's options (for "did you mean")."""
+
+    def params(*objects) -> list[str]:
+        found = []
+        for obj in objects:
+            found += [p for p in inspect.signature(obj).parameters if p not in ("self", "net")]
+        return found
+
+    tree = {
+        "trainer": params(Trainer),
+        "model": params(MambaModule) + ["net"],
+        "model.net": params({{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}),
+        "model.net.backbone": [f.name for f in fields(BackboneConfig)],
+        "run": [f.name for f in fields(RunConfig)],
+    }
+    return tree.get(prefix.replace(".init_args", ""), [])

@@ -46,13 +46,13 @@ from jsonargparse import ArgumentError, ArgumentParser
 
 from .backbone import Impl
 {%- if cookiecutter.task == 'language_model' %}
+from .checkpoint import Trained, language_model, load_trained, one_source
 from .data import IGNORE_INDEX, GeneratedDataModule
 from .data.text import TextTokenizer
-from .machinery.checkpoint import Trained, language_model, load_trained, one_source
 from .pretrained import FORMATS
 {%- else %}
+from .checkpoint import Trained, load_trained
 from .data import GeneratedDataModule
-from .machinery.checkpoint import Trained, load_trained
 {%- endif %}
 {%- if cookiecutter.task == 'language_model' %}
 

@@ -6,17 +6,19 @@ parser's messages where they bury the point (a nested union error, a YAML file c
 """
 
 import difflib
-import inspect
 import re
 import traceback
 from argparse import ArgumentError
-from dataclasses import fields
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole package, not machinery/ alone
+Options = Callable[[str], list[str]]
 
 
-def input_error(err: BaseException, argv: list[str] = ()) -> str | None:
+def input_error(
+    err: BaseException, argv: list[str] = (), options_under: Options = lambda prefix: []
+) -> str | None:
     """The message of a bad input, or None for anything else (which keeps its traceback).
 
     A bad input is an error raised by this package's own checks, a missing file, or an
@@ -25,6 +27,8 @@ def input_error(err: BaseException, argv: list[str] = ()) -> str | None:
     another error is handled (a UnicodeDecodeError, a KeyError), so the whole chain of causes
     and contexts is searched: the outermost of our own errors is the message (it is the one
     written for the user), else the parser's, else a missing file anywhere in the chain.
+    `options_under(prefix)` names the options one level below a dotted prefix, for the
+    closest known option to a mistyped one.
     """
     chain = []
     while err is not None and all(err is not seen for seen in chain):
@@ -38,13 +42,14 @@ def input_error(err: BaseException, argv: list[str] = ()) -> str | None:
     for err in chain:
         if isinstance(err, ArgumentError):  # jsonargparse's message spans several lines
             return (
-                explain(" ".join(str(err).split()), argv) + ". See --help for the accepted values."
+                explain(" ".join(str(err).split()), argv, options_under)
+                + ". See --help for the accepted values."
             )
     missing = [err for err in chain if isinstance(err, FileNotFoundError)]
     return str(missing[-1]) if missing else None
 
 
-def explain(message: str, argv: list[str]) -> str:
+def explain(message: str, argv: list[str], options_under: Options) -> str:
     """The parser's `message`, with the innermost reason of a nested error, the config file's
     name, and the closest known option to a mistyped one."""
     if "Does not validate against any of the Union subtypes" in message:
@@ -62,7 +67,7 @@ def explain(message: str, argv: list[str]) -> str:
     typo = re.search(r"^--([\w.]+)=", message) or re.search(
         r"(?:unrecognized arguments: |Option ')--?([\w.]+?)(?:=|'| |$)", message
     )
-    if typo is not None and (close := closest_option(typo.group(1))):
+    if typo is not None and (close := closest_option(typo.group(1), options_under)):
         message += f"; did you mean --{close}?"
     return message
 
@@ -74,38 +79,9 @@ def config_files(argv: list[str]) -> str:
     return ", ".join(found) or "the config"
 
 
-def closest_option(name: str) -> str | None:
+def closest_option(name: str, options_under: Options) -> str | None:
     """The known option whose last part is closest to `name`'s (same prefix), if any is close."""
     prefix, _, last = name.rpartition(".")
     known = [f"{prefix}.{option}" if prefix else option for option in options_under(prefix)]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
     return close[0] if close and close[0] != name else None
-
-
-def options_under(prefix: str) -> list[str]:
-    """The names one level below a dotted prefix of the CLI's options."""
-    from lightning.pytorch import Trainer
-
-    from ..backbone import BackboneConfig
-{%- if cookiecutter.task == 'language_model' %}
-    from ..model import MambaLM
-{%- else %}
-    from ..classifier import MambaClassifier
-{%- endif %}
-    from ..module import MambaModule
-    from .runs import RunConfig
-
-    def params(*objects) -> list[str]:
-        found = []
-        for obj in objects:
-            found += [p for p in inspect.signature(obj).parameters if p not in ("self", "net")]
-        return found
-
-    tree = {
-        "trainer": params(Trainer),
-        "model": params(MambaModule) + ["net"],
-        "model.net": params({{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}),
-        "model.net.backbone": [f.name for f in fields(BackboneConfig)],
-        "run": [f.name for f in fields(RunConfig)],
-    }
-    return tree.get(prefix.replace(".init_args", ""), [])

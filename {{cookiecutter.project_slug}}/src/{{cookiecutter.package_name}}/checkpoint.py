@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 {% if cookiecutter.task == 'language_model' -%}
-from ..data.text import TextTokenizer
-from ..model import MambaLM
-from .hub import hub_file, looks_like_path
+from .data.text import TextTokenizer
+from .machinery.hub import hub_file, looks_like_path
+from .model import MambaLM
 {%- else -%}
-from ..classifier import MambaClassifier
+from .classifier import MambaClassifier
 {%- endif %}
 
 NETWORKS = {cls.__name__: cls for cls in [{{ 'MambaLM' if cookiecutter.task == 'language_model' else 'MambaClassifier' }}]}
