@@ -161,9 +161,8 @@ class MambaModule(L.LightningModule):
         return replay
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The network's class and shape travel with its weights:
-        `checkpoint.load_trained` rebuilds it from them without this module or
-        Lightning."""
+        """The network's class and shape travel with its weights: `checkpoint.load_trained`
+        rebuilds it from them without this module or Lightning."""
         net = self.net
         checkpoint[NET_KEY] = {"class": type(net).__name__, "config": net.config}
 
