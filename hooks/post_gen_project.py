@@ -4,7 +4,7 @@ file names left empty, and record the answers for cruft.
 LICENSE is one file whatever the license, so it is written for every bake and removed here
 when it is not wanted. A file whose Jinja name renders empty is skipped (the task's own
 modules, configs and tests are chosen so), but cookiecutter still makes its folder: one whose
-every file was skipped (benchmarks/gpu/ for a classifier) is removed here.
+every file was skipped (tests/fixtures/ for a classifier) is removed here.
 
 `cruft create` writes .cruft.json itself after this hook. A plain `cookiecutter` bake from a
 clean git checkout of the template (which is what `cookiecutter gh:...` is) writes the same

@@ -120,16 +120,7 @@ TASK_FILES = {
         "tests/test_hub_data.py",
         "docs/evaluate.md",
         "benchmarks/generate_speed.py",
-        "benchmarks/gpu_check.py",
-        "benchmarks/gpu/__init__.py",
-        "benchmarks/gpu/cli_row.py",
-        "benchmarks/gpu/layers.py",
-        "benchmarks/gpu/common.py",
-        "benchmarks/gpu/copying.py",
-        "benchmarks/gpu/loss.py",
-        "benchmarks/gpu/parity.py",
-        "benchmarks/gpu/profile.py",
-        "benchmarks/gpu/throughput.py",
+        "benchmarks/throughput.py",
         "benchmarks/scaling.py",
         "benchmarks/paper_tables.py",
         "configs/copying_paper.yaml",
@@ -181,7 +172,7 @@ def test_bake_has_exactly_the_expected_files(baked):
 
 
 def test_bake_has_no_empty_folder(baked):
-    """A folder whose every file belongs to the other task (benchmarks/gpu/ for a classifier)
+    """A folder whose every file belongs to the other task (tests/fixtures/ for a classifier)
     is not left behind empty."""
     _, project = baked
     assert [p for p in project.rglob("*") if p.is_dir() and not any(p.iterdir())] == []

@@ -403,22 +403,23 @@ def main(
 {%- if cookiecutter.task == 'language_model' %}
 
 
-# --- GPU proof ------------------------------------------------------------------------------
+# --- Training speed -------------------------------------------------------------------------
 
 
-def gpu_check_command(sections: str, out: Path) -> list[str]:
-    script = HERE / "benchmarks" / "gpu_check.py"
-    return [sys.executable, str(script), "--sections", sections, "--out", str(out)]
+def throughput_command(mixers: str, quick: bool, out: Path) -> list[str]:
+    script = HERE / "benchmarks" / "throughput.py"
+    command = [sys.executable, str(script), "--mixers", mixers, "--out", str(out)]
+    return [*command, "--quick"] if quick else command
 
 
 @app.function(gpu=GPUS, timeout=3600)
-def gpu_check(sections: str = "kernels,parity,throughput,profile") -> str:
-    """benchmarks/gpu_check.py on a Modal GPU: prints its tables, returns its JSON report.
+def throughput(mixers: str = "{{ cookiecutter.mamba_version }}", quick: bool = False) -> str:
+    """benchmarks/throughput.py on a Modal GPU: prints its tables, returns its JSON report.
 
-    Run it with `modal run modal_app.py::gpu_check --sections kernels,parity`.
+    Run it with `modal run modal_app.py::throughput --mixers Mamba2,Mamba1 --quick`.
     """
-    out = Path("/tmp/gpu_check.json")
-    subprocess.run(gpu_check_command(sections, out), check=True, cwd=HERE, env=package_env())
+    out = Path("/tmp/throughput.json")
+    subprocess.run(throughput_command(mixers, quick, out), check=True, cwd=HERE, env=package_env())
     return out.read_text(encoding="utf-8")
 {%- else %}
 

@@ -1,6 +1,7 @@
 """On a CUDA GPU with mamba-ssm: the fused kernels are active and the twin matches them.
 
-Skipped cleanly elsewhere.{% if cookiecutter.task == 'language_model' %} benchmarks/gpu_check.py runs the full parity grid and the timings.{% endif %}
+Skipped cleanly elsewhere.{% if cookiecutter.task == 'language_model' %} The template's GPU harness (harness/gpu_check.py) runs the full parity
+grid; benchmarks/throughput.py times `fit`.{% endif %}
 """
 
 import importlib.util
@@ -48,7 +49,8 @@ def test_auto_picks_fused_on_a_gpu():
 
 # mamba-ssm's Triton SSD kernels run their float32 dot products in TF32: on an H200 their
 # parameter gradients differ from a float64 run of the twin by 1.4e-3..2.3e-3 (outputs by 9e-5),
-# while the float32 twin stays within 2.4e-5 of float64{% if cookiecutter.task == 'language_model' %} (gpu_check.py's parity section){% endif %}.
+# while the float32 twin stays within 2.4e-5 of float64{% if cookiecutter.task == 'language_model' %} (the parity section
+# of the template's harness/gpu_check.py){% endif %}.
 MAMBA2 = pytest.param(
     "Mamba2", 1e-3, marks=pytest.mark.xfail(reason="fused SSD gradients carry TF32 error")
 )

@@ -343,7 +343,7 @@ def test_local_files_come_last_and_ship_package_configs_and_pins(version):
     }
     assert sources and sources <= shipped
 {%- if cookiecutter.task == 'language_model' %}
-    assert "/root/benchmarks/gpu_check.py" in shipped  # for modal_app.gpu_check
+    assert "/root/benchmarks/throughput.py" in shipped  # for modal_app.throughput
 {%- endif %}
     assert "/root/scripts/install_gpu.py" in shipped  # modal_app.py builds its steps with it
     assert not any("__pycache__" in path or "/." in path for path in shipped)
@@ -367,17 +367,19 @@ def test_the_container_imports_modal_app_from_the_shipped_files_alone(tmp_path):
 {%- if cookiecutter.task == 'language_model' %}
 
 
-def test_gpu_check_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
-    command = modal_app.gpu_check_command("kernels,parity", tmp_path / "report.json")
+def test_throughput_runs_the_benchmark_script_shipped_in_the_image(tmp_path):
+    out = tmp_path / "report.json"
+    command = modal_app.throughput_command("Mamba2,Mamba1", True, out)
     script = Path(command[1])
-    assert script == PROJECT / "benchmarks" / "gpu_check.py" and script.is_file()
-    assert command[2:] == ["--sections", "kernels,parity", "--out", str(tmp_path / "report.json")]
-    gpus = [gpu for gpu, _ in modal_app.gpu_check.info().gpus]
+    assert script == PROJECT / "benchmarks" / "throughput.py" and script.is_file()
+    assert command[2:] == ["--mixers", "Mamba2,Mamba1", "--out", str(out), "--quick"]
+    assert "--quick" not in modal_app.throughput_command("Mamba2", False, out)
+    gpus = [gpu for gpu, _ in modal_app.throughput.info().gpus]
     assert gpus == [g.upper() for g in modal_app.GPUS]
     help_text = subprocess.run(
         [*command[:2], "--help"], capture_output=True, text=True, env=modal_app.package_env()
     )
-    assert help_text.returncode == 0 and "--sections" in help_text.stdout
+    assert help_text.returncode == 0 and "--mixers" in help_text.stdout
 {%- endif %}
 
 
@@ -580,7 +582,7 @@ def test_the_app_runs_the_commands_of_the_task_this_project_was_made_for():
 
     functions = {name for name, f in vars(modal_app).items() if isinstance(f, modal.Function)}
 {%- if cookiecutter.task == 'language_model' %}
-    commands = {"gpu_check", "extrapolate", "evaluate", "generate", "prepare_text"}
+    commands = {"throughput", "extrapolate", "evaluate", "generate", "prepare_text"}
 {%- else %}
     commands = {"extrapolate"}  # a classifier's: no language-model command, no GPU benchmark
 {%- endif %}

@@ -22,8 +22,8 @@ kernel would round to float32); a GPU test checks that they agree.
 For a 50k vocabulary, B=8 and L=2048, float32 logits alone take 3.3 GB and the plain loss
 peaks at 9.4 GiB above its inputs. `linear_cross_entropy` computes the head and the loss 4096
 tokens at a time and produces the gradients of the hidden states and of the head weight in the
-same pass, so only one chunk of logits ever exists (`benchmarks/gpu_check.py --sections loss`
-measures it against plain float32 logits).
+same pass, so only one chunk of logits ever exists (the template's GPU harness,
+`harness/gpu_check.py --sections loss`, measures it against plain float32 logits).
 {%- endif %}
 """
 

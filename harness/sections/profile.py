@@ -10,10 +10,8 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-
-from {{ cookiecutter.package_name }}.module import LanguageModelling
-
-from .common import SIZE, fit_setup, guarded, mamba_ssm_lm, random_batches, raw_step, table
+from mamba_project.module import LanguageModelling
+from throughput import SIZE, fit_setup, guarded, mamba_ssm_lm, random_batches, raw_step, table
 
 # ------------------------------------------------------------------------------- profile
 

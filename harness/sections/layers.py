@@ -15,10 +15,10 @@ which the image does not install).
 """
 
 import torch
+from mamba_project import mixers
+from throughput import table
 
-from {{ cookiecutter.package_name }} import mixers
-
-from .common import rel, table
+from .common import rel
 
 SHAPES = {
     "Mamba1": {"d_model": 256, "d_state": 16},

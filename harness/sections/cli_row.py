@@ -17,19 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from throughput import MIXER_STATE, SIZE, guarded, mamba_ssm_lm, mixer_and_layout, raw_loop, table
 
-from .common import (
-    MIXER_STATE,
-    PACKAGE,
-    SIZE,
-    guarded,
-    mamba_ssm_lm,
-    mixer_and_layout,
-    raw_loop,
-    table,
-)
-
-PROJECT = Path(__file__).resolve().parents[2]
+from . import PROJECT
+from .common import PACKAGE
 
 
 def scalars(log_dir: Path, *tags: str) -> dict[str, list[tuple[int, float, float]]]:

@@ -2,7 +2,7 @@
 
 `python -m <package> fit --config configs/copying_paper.yaml` in a subprocess under a time
 limit; the curve (validation accuracy and the curriculum's length, with wall times) comes from
-the run's own TensorBoard folder and is written to benchmarks/results/copying_gpu.json.
+the run's own TensorBoard folder and is written to the template's results/copying_gpu.json.
 """
 
 import datetime
@@ -16,10 +16,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .cli_row import PROJECT, scalars
-from .common import PACKAGE
+from . import PROJECT
+from .cli_row import scalars
+from .common import PACKAGE, RESULTS
 
-RESULTS = PROJECT / "benchmarks" / "results" / "copying_gpu.json"
+CURVE = RESULTS / "copying_gpu.json"
 
 
 def copying_curve(log_dir: Path, started: float) -> list[dict]:
@@ -81,9 +82,9 @@ def section_copying(seconds: float, cuda_graphs: str = "auto") -> dict:
         "curve": curve,
     }
     if seconds >= 120:  # a full run replaces the committed curve (paper_tables.py's seeds stay)
-        kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({**kept, **result}, indent=1) + "\n")
+        kept = json.loads(CURVE.read_text()) if CURVE.exists() else {}
+        CURVE.parent.mkdir(parents=True, exist_ok=True)
+        CURVE.write_text(json.dumps({**kept, **result}, indent=1) + "\n")
     for p in curve:
         print(
             f"  {p['seconds_since_start']:7.1f} s  step {p['step']:6d}  "

@@ -1,20 +1,25 @@
-"""Proof on a real GPU: fused kernels active, the twin equals mamba-ssm, and how fast `fit` is.
+"""The template's GPU proof: fused kernels active, the twin equals mamba-ssm, `fit`'s speed.
 
-    python benchmarks/gpu_check.py                       # everything, about 8 minutes on an H200
-    python benchmarks/gpu_check.py --sections parity     # one or more sections, comma-separated
-    modal run modal_app.py::gpu_check                    # the same on a Modal GPU
+It measures a baked project (the defaults: a language model, package `mamba_project`), whose
+package it imports and whose `fit` it starts; the results land in this repository's results/.
 
-Sections, one module each in benchmarks/gpu/:
+    cookiecutter --no-input -o /tmp/bake .               # in the template's root
+    export PYTHONPATH=/tmp/bake/mamba-project/src        # or: pip install -e <the bake>
+    python harness/gpu_check.py                          # everything, about 8 minutes on an H200
+    python harness/gpu_check.py --sections parity        # one or more sections, comma-separated
+
+Sections, one module each in harness/sections/ (they import the benchmark model, its Trainer
+and the raw loops from the bake's benchmarks/throughput.py, the benchmark a project ships):
   kernels     parity.py: which fast paths are active; what happens when causal-conv1d is missing
   layers      layers.py: each mixer against mamba-ssm's own module (same state_dict), the fused
               layer against its composed kernels, reference against fused
   parity      parity.py: fused vs reference (same weights, strict load): outputs and every
               gradient, in float32 (also against a float64 run of the twin) and under bf16
               autocast; a checkpoint written by the fused model loads into the reference one
-  throughput  throughput.py: 24 layers x d_model 768, vocab 50280, B=8, L=2048, bf16, fused
-              AdamW: (a) our Lightning fit (with and without CUDA graphs), (b) a raw loop over
-              mamba-ssm's MambaLMHeadModel, (c) HF transformers' MambaForCausalLM (Mamba1),
-              (d) our reference twin; peak memory for each; L=8192
+  throughput  the bake's benchmarks/throughput.py: 24 layers x d_model 768, vocab 50280, B=8,
+              L=2048, bf16, fused AdamW: (a) our Lightning fit (with and without CUDA graphs),
+              (b) a raw loop over mamba-ssm's MambaLMHeadModel, (c) HF transformers'
+              MambaForCausalLM (Mamba1), (d) our reference twin; peak memory for each; L=8192
   cli         cli_row.py: the real `python -m ... fit` at that size (byte vocabulary) against
               the raw loop, timed from the command's own logs
   small       cli_row.py: configs/default.yaml's training steps per second
@@ -22,10 +27,10 @@ Sections, one module each in benchmarks/gpu/:
   loss        loss.py: the head and loss alone: ours, liger-kernel's fused linear cross-entropy
               (if installed) and plain float32 logits: ms, memory, agreement
   copying     copying.py: configs/copying_paper.yaml as a user runs it: time to 99% at 4096
-              (writes benchmarks/results/copying_gpu.json)
+              (writes results/copying_gpu.json)
 
-Prints a table per section and writes benchmarks/results/gpu_check.json; a section run alone
-replaces only its own part of that file.
+Prints a table per section and writes results/gpu_check.json; a section run alone replaces
+only its own part of that file.
 """
 
 import argparse
@@ -37,15 +42,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from gpu.cli_row import section_cli, section_small
-from gpu.copying import section_copying
-from gpu.layers import section_layers
-from gpu.loss import section_loss
-from gpu.parity import section_kernels, section_parity
-from gpu.profile import section_profile
-from gpu.throughput import section_throughput
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from sections.cli_row import section_cli, section_small  # sections/ finds the bake first
+from sections.common import RESULTS
+from sections.copying import section_copying
+from sections.layers import section_layers
+from sections.loss import section_loss
+from sections.parity import section_kernels, section_parity
+from sections.profile import section_profile
+from throughput import measure_throughput  # the bake's benchmarks/throughput.py
 
 
 def main() -> None:
@@ -60,7 +64,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="throughput: only the ratio rows")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("gpu_check needs a CUDA GPU; run it on one (modal run modal_app.py::gpu_check).")
+        sys.exit("gpu_check needs a CUDA GPU; run it on a machine with one.")
     import mamba_ssm
     import transformers
 
@@ -83,7 +87,7 @@ def main() -> None:
         "kernels": section_kernels,
         "layers": section_layers,
         "parity": section_parity,
-        "throughput": lambda: section_throughput(args.steps, mixers, args.quick),
+        "throughput": lambda: measure_throughput(args.steps, mixers, args.quick),
         "cli": lambda: section_cli(args.steps, mixers),
         "small": section_small,
         "copying": lambda: section_copying(args.copying_seconds),

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from mamba_project.backbone import Backbone, BackboneConfig
+from mamba_project.machinery.kernels import check_kernels
+from mamba_project.model import MambaLM
+from mamba_project.module import LanguageModelling
+from throughput import table
 
-from {{ cookiecutter.package_name }}.backbone import Backbone, BackboneConfig
-from {{ cookiecutter.package_name }}.machinery.kernels import check_kernels
-from {{ cookiecutter.package_name }}.model import MambaLM
-from {{ cookiecutter.package_name }}.module import LanguageModelling
-
-from .common import PACKAGE, rel, table
+from .common import PACKAGE, rel
 
 TOLERANCE = {"Mamba1": 1e-4, "Mamba2": 1e-3}  # float32 relative error, fused vs reference
 BF16_TOLERANCE = 5e-2  # mamba-ssm's own tests allow ~3e-2..6e-2 relative error in bf16

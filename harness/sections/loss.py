@@ -12,10 +12,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.nn.functional as F
+from mamba_project.loss import linear_cross_entropy
+from throughput import SIZE, table
 
-from {{ cookiecutter.package_name }}.loss import linear_cross_entropy
-
-from .common import SIZE, rel, table
+from .common import rel
 
 
 def plain(hidden, weight, targets):
