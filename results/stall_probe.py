@@ -8,6 +8,7 @@ token embedding, and each layer's out_proj gradient norm.
 
     PYTHONPATH=<bake>/src python results/stall_probe.py --seed 12 --steps 160
     PYTHONPATH=<bake>/src python results/stall_probe.py --seed 12 --untied
+    PYTHONPATH=<bake>/src python results/stall_probe.py --seed 7 --lr 1e-3 --betas .9 .999 --clip 0
 
 The package name is the bake's (mamba_project by default: --package).
 """
@@ -25,6 +26,8 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--steps", type=int, default=64)
 parser.add_argument("--lr", type=float, help="default: the config's")
+parser.add_argument("--betas", type=float, nargs=2, help="Adam's betas; default: the config's")
+parser.add_argument("--clip", type=float, help="clipping norm, 0: none; default: the config's")
 parser.add_argument("--untied", action="store_true", help="an output head of its own")
 parser.add_argument("--package", default="mamba_project")
 args = parser.parse_args()
@@ -36,7 +39,7 @@ config = yaml.safe_load(
     (Path(model.__file__).parents[2] / "configs/induction_heads_paper.yaml").read_text()
 )
 learner = config["model"]["init_args"]
-clip = config["trainer"]["gradient_clip_val"]
+clip = config["trainer"]["gradient_clip_val"] if args.clip is None else args.clip
 
 torch.set_num_threads(1)
 task = data.InductionHeads(**config["data"]["init_args"])
@@ -47,7 +50,7 @@ net = model.MambaLM(shape, vocab_size=task.vocab_size, tie_embeddings=not args.u
 optimizer = torch.optim.AdamW(
     net.parameters(),
     lr=args.lr or learner["lr"],
-    betas=learner["betas"],
+    betas=args.betas or learner["betas"],
     weight_decay=learner["weight_decay"],
 )
 scored = {}  # layer -> its out_proj's input (B, d_inner) and output (B, d_model), last position
