@@ -34,13 +34,10 @@ only its own part of that file.
 """
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 from sections.cli_row import section_cli, section_small  # sections/ finds the bake first
 from sections.common import RESULTS
@@ -49,7 +46,7 @@ from sections.layers import section_layers
 from sections.loss import section_loss
 from sections.parity import section_kernels, section_parity
 from sections.profile import section_profile
-from throughput import measure_throughput  # the bake's benchmarks/throughput.py
+from throughput import machine, measure_throughput  # the bake's benchmarks/throughput.py
 
 
 def main() -> None:
@@ -65,24 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_check needs a CUDA GPU; run it on a machine with one.")
-    import mamba_ssm
-    import transformers
-
     mixers = args.mixers.split(",")
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
-    report.update(
-        date=datetime.date.today().isoformat(),
-        device=torch.cuda.get_device_name(),
-        versions={
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "mamba_ssm": mamba_ssm.__version__,
-            "lightning": L.__version__,
-            "transformers": transformers.__version__,
-        },
-    )
+    report.update(machine())
     sections = {
         "kernels": section_kernels,
         "layers": section_layers,
